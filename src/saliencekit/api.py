@@ -1,0 +1,116 @@
+"""``explain``: one entry point for every method."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from . import engine, methods, noise
+from .explanation import Explanation
+from .methods.base import REGISTRY, Context
+from .models import Preprocessing, class_names, get_preprocessing
+from .targets import ClassScore, CustomScore, check_score_space, is_custom_target, resolve_classes
+
+
+def _check_model(model) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def _check_input(x) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a float tensor of shape B x C x H x W, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x: expected a 4-D batch B x C x H x W, got {x.dim()}-D shape {tuple(x.shape)} "
+                         f"(add a batch dimension with x[None])")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"x: expected a floating-point tensor in model space, got dtype {x.dtype} "
+                        f"(use saliencekit.load_images to normalise images)")
+    if x.shape[0] == 0:
+        raise ValueError("x: the batch is empty")
+    if not torch.isfinite(x).all():
+        raise ValueError("x: contains NaN or infinite values")
+    return x
+
+
+def methods_info() -> Dict[str, Dict[str, Any]]:
+    """Registered methods with their default options and documentation."""
+    return {name: {"defaults": dict(spec.defaults), "heatmap": dict(spec.heatmap), "doc": spec.doc,
+                   "stochastic": spec.stochastic} for name, spec in sorted(REGISTRY.items())}
+
+
+def list_methods() -> List[str]:
+    return sorted(REGISTRY)
+
+
+def explain(model: nn.Module, x: torch.Tensor, method: str, target: Any = "predicted", seed: Any = 0,
+            batch_size: Optional[int] = None, preprocessing: Optional[Preprocessing] = None,
+            keep_inputs: bool = True, progress=None, **options) -> Explanation:
+    """Explain ``model``'s scores for the batch ``x`` with ``method``.
+
+    ``target``: ``"predicted"`` (top-1 of the clean input, resolved once), an int, a sequence or
+    tensor of one class index per image, or a unit target / callable. ``seed`` (int or
+    ``torch.Generator``) fixes every random draw: the same seed gives the same map for any
+    ``batch_size`` (rows per forward/backward chunk; ``None`` = automatic). ``options`` are the
+    method's options (see ``saliencekit.methods()``); unknown ones are refused.
+    """
+    _check_model(model)
+    x = _check_input(x)
+    if not isinstance(method, str):
+        raise TypeError(f"method: expected a method name, got {type(method).__name__}")
+    if method not in REGISTRY:
+        import difflib
+
+        close = difflib.get_close_matches(method, list(REGISTRY), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"method: unknown method {method!r}{hint}; available: {', '.join(sorted(REGISTRY))}")
+    spec = REGISTRY[method]
+    unknown = sorted(set(options) - set(spec.defaults))
+    if unknown:
+        raise TypeError(f"{unknown[0]}: unknown option for method {method!r}; "
+                        f"valid options: {', '.join(sorted(spec.defaults)) or '(none)'}")
+    opts = dict(spec.defaults)
+    opts.update(options)
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+            raise TypeError(f"batch_size: expected a positive int or None, got {type(batch_size).__name__}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int or None, got {batch_size}")
+    seed_int = noise.resolve_seed(seed)
+    space = check_score_space(opts.get("score", "logit"))
+    spec_pp = preprocessing if preprocessing is not None else get_preprocessing(model)
+
+    t0 = time.perf_counter()
+    with engine.model_guard(model):
+        if x.is_inference():
+            x = x.clone()
+        x = x.detach()
+        with torch.no_grad():
+            clean = engine.forward_scores(model, x)
+        if is_custom_target(target):
+            if spec.class_target_only:
+                raise ValueError(f"target: method {method!r} explains a class; pass a class index or 'predicted'")
+            score = CustomScore(target)
+            classes = None
+        else:
+            classes = resolve_classes(target, clean)
+            score = ClassScore(classes, space)
+        ctx = Context(model=model, x=x, score=score, classes=classes, clean_outputs=clean.detach(),
+                      seed=seed_int, batch_size=batch_size, preprocessing=spec_pp, progress=progress)
+        clean_scores = ctx.scores_at(x, torch.arange(x.shape[0]))
+        result = spec.fn(ctx, **opts)
+    elapsed = time.perf_counter() - t0
+    targets = classes.detach().clone() if classes is not None else torch.full((x.shape[0],), -1, dtype=torch.long)
+    attr = result["attributions"]
+    return Explanation(method=method, attributions=attr.to(x.device), targets=targets, scores=clean_scores,
+                       params=opts, seed=seed_int, inputs=x if keep_inputs else None,
+                       delta=result.get("delta"), extras=result.get("extras", {}),
+                       heatmap_defaults=dict(result.get("heatmap", spec.heatmap)), preprocessing=spec_pp,
+                       class_names=class_names(model), time_s=elapsed)
+
+
+__all__ = ["explain", "methods_info", "list_methods", "methods"]

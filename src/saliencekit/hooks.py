@@ -1,0 +1,63 @@
+"""Layer capture: forward hooks that are always removed.
+
+``capture(modules)`` registers a forward hook on each module. The hook records the module's
+output (the tensor that the method differentiates to) and hands the rest of the network a
+clone, so in-place operations downstream (``ReLU(inplace=True)``) never modify the captured
+tensor or invalidate its gradient. The hooks are removed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable
+
+import torch
+from torch import nn
+
+
+class Captured(dict):
+    """module -> captured output tensor of the last forward."""
+
+
+@contextlib.contextmanager
+def capture(modules: Iterable[nn.Module]):
+    store = Captured()
+    handles = []
+
+    def make_hook(mod):
+        def hook(_module, _inputs, output):
+            if isinstance(output, (tuple, list)):
+                output = output[0]
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"layer: the output of {type(mod).__name__} is not a tensor")
+            store[mod] = output
+            if output.requires_grad:
+                return output.clone()
+            return None
+        return hook
+
+    try:
+        for m in modules:
+            handles.append(m.register_forward_hook(make_hook(m)))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def resolve_layer(model: nn.Module, layer) -> nn.Module:
+    """A layer given by dotted name or by module; unknown names list close candidates."""
+    if isinstance(layer, nn.Module):
+        for m in model.modules():
+            if m is layer:
+                return layer
+        raise ValueError("layer: the given module is not part of the model")
+    if not isinstance(layer, str):
+        raise TypeError(f"layer: expected a module name (str) or an nn.Module, got {type(layer).__name__}")
+    names = dict(model.named_modules())
+    if layer in names and layer != "":
+        return names[layer]
+    import difflib
+    close = difflib.get_close_matches(layer, [n for n in names if n], n=5, cutoff=0.5)
+    hint = f"; close candidates: {', '.join(close)}" if close else ""
+    raise ValueError(f"layer: no module named {layer!r} in the model{hint}")

@@ -1,0 +1,113 @@
+"""Target resolution and score spaces.
+
+The explained class is resolved once, on the clean input; it is never re-picked per noisy
+sample. A target may also be an object with a ``score(outputs, captures)`` method (and an
+optional ``layers`` attribute naming modules whose outputs it needs, see ``Units``), or any
+callable mapping the model's output (rows x classes) to one score per row.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+SCORE_SPACES = ("logit", "softmax", "log_softmax")
+
+
+def check_score_space(score: str) -> str:
+    if score not in SCORE_SPACES:
+        raise ValueError(f"score: expected one of {', '.join(SCORE_SPACES)}, got {score!r}")
+    return score
+
+
+def apply_space(outputs: torch.Tensor, space: str) -> torch.Tensor:
+    if space == "logit":
+        return outputs
+    if space == "softmax":
+        return F.softmax(outputs.float(), dim=1)
+    if space == "log_softmax":
+        return F.log_softmax(outputs.float(), dim=1)
+    raise ValueError(f"score: expected one of {', '.join(SCORE_SPACES)}, got {space!r}")
+
+
+def is_custom_target(target: Any) -> bool:
+    """True for unit targets / callables (anything that is not a class index spec)."""
+    if isinstance(target, (str, int, torch.Tensor, Sequence)) and not hasattr(target, "score"):
+        return False
+    return hasattr(target, "score") or callable(target)
+
+
+def resolve_classes(target: Any, outputs: torch.Tensor) -> torch.Tensor:
+    """Resolve ``target`` to one class index per image (LongTensor on the outputs' device).
+
+    ``outputs`` are the model's outputs on the clean batch (B x K).
+    """
+    b, k = outputs.shape[0], outputs.shape[1]
+    if isinstance(target, str):
+        if target != "predicted":
+            raise ValueError(f"target: expected 'predicted', an int, a sequence or a tensor of "
+                             f"class indices, got the string {target!r}")
+        return outputs.argmax(dim=1).long()
+    if isinstance(target, bool):
+        raise TypeError("target: expected a class index, got a bool")
+    if isinstance(target, int):
+        idx = torch.full((b,), target, dtype=torch.long, device=outputs.device)
+    elif isinstance(target, torch.Tensor):
+        if target.dtype.is_floating_point or target.dtype == torch.bool or target.dtype.is_complex:
+            raise TypeError(f"target: expected an integer tensor of class indices, got dtype {target.dtype}")
+        idx = target.reshape(-1).long().to(outputs.device)
+        if idx.numel() == 1:
+            idx = idx.expand(b).clone()
+    elif isinstance(target, Sequence):
+        try:
+            vals = [int(t) for t in target]
+        except (TypeError, ValueError):
+            raise TypeError("target: expected a sequence of integer class indices") from None
+        if any(isinstance(t, bool) or (isinstance(t, float) and not float(t).is_integer()) for t in target):
+            raise TypeError("target: expected integer class indices")
+        idx = torch.tensor(vals, dtype=torch.long, device=outputs.device)
+    else:
+        raise TypeError(f"target: expected 'predicted', an int, a sequence or tensor of class indices, "
+                        f"or a unit target; got {type(target).__name__}")
+    if idx.numel() != b:
+        raise ValueError(f"target: expected one class index per image ({b}), got {idx.numel()}")
+    if (idx < 0).any() or (idx >= k).any():
+        bad = idx[(idx < 0) | (idx >= k)][0].item()
+        raise ValueError(f"target: class index {bad} is out of range for a model with {k} outputs "
+                         f"(expected 0..{k - 1})")
+    return idx
+
+
+class ClassScore:
+    """Score of a fixed class per image in a chosen score space."""
+
+    layers: tuple = ()
+
+    def __init__(self, classes: torch.Tensor, space: str = "logit"):
+        self.classes = classes
+        self.space = check_score_space(space)
+
+    def rows(self, outputs: torch.Tensor, image_index: torch.Tensor, captures=None) -> torch.Tensor:
+        scores = apply_space(outputs, self.space)
+        cls = self.classes.to(outputs.device)[image_index.to(outputs.device)]
+        return scores.gather(1, cls[:, None])[:, 0]
+
+
+class CustomScore:
+    """Wraps a user callable ``f(outputs) -> (rows,)`` or a target object with ``score``."""
+
+    def __init__(self, target: Callable | Any):
+        self.target = target
+        self.layers = tuple(getattr(target, "layers", ()) or ())
+
+    def rows(self, outputs: torch.Tensor, image_index: torch.Tensor, captures=None) -> torch.Tensor:
+        if hasattr(self.target, "score"):
+            s = self.target.score(outputs, captures or {})
+        else:
+            s = self.target(outputs)
+        if not isinstance(s, torch.Tensor) or s.dim() != 1 or s.shape[0] != outputs.shape[0]:
+            raise ValueError("target: a callable target must return one score per row "
+                             f"(a 1-D tensor of length {outputs.shape[0]})")
+        return s

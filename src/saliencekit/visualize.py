@@ -1,0 +1,143 @@
+"""Heatmap reductions and pictures: the SmoothGrad paper's visualisation lessons.
+
+``heatmap(attr, sign=..., channels=..., clip=..., normalize=...)`` turns a raw attribution
+(B x C x H x W or B x H x W) into a B x H x W map in [0, 1]:
+
+- ``sign="abs"`` (ImageNet default): absolute values; ``"positive"`` / ``"negative"`` keep one
+  sign; ``"signed"`` keeps the sign and maps to a diverging [0, 1] scale centred at 0.5.
+- ``channels="sum"`` (sum over channels of the signed-then-processed values), ``"max"`` or
+  ``"mean"``. For ``sign="abs"`` the sum is the sum of absolute values.
+- ``clip=99``: cap outliers at that percentile (per image); ``None`` disables it.
+- ``normalize=True``: min-max to [0, 1] per image (for ``"signed"``: symmetric span
+  ``|clip-th percentile of |v||`` around 0.5).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+SIGNS = ("abs", "positive", "negative", "signed")
+CHANNEL_REDUCTIONS = ("sum", "max", "mean")
+
+
+def _percentile(v: torch.Tensor, q: float) -> torch.Tensor:
+    """Per-row percentile of a B x N tensor (linear interpolation, like numpy)."""
+    return torch.quantile(v.float(), q / 100.0, dim=1, keepdim=True) if v.shape[1] <= 16_000_000 else \
+        torch.from_numpy(np.percentile(v.float().cpu().numpy(), q, axis=1, keepdims=True)).to(v.device)
+
+
+def heatmap(attr: torch.Tensor, sign: str = "abs", channels: str = "sum", clip: Optional[float] = 99,
+            normalize: bool = True) -> torch.Tensor:
+    if not isinstance(attr, torch.Tensor):
+        raise TypeError("attr: expected a tensor")
+    if sign not in SIGNS:
+        raise ValueError(f"sign: expected one of {', '.join(SIGNS)}, got {sign!r}")
+    if channels not in CHANNEL_REDUCTIONS:
+        raise ValueError(f"channels: expected one of {', '.join(CHANNEL_REDUCTIONS)}, got {channels!r}")
+    if clip is not None and not (0 < float(clip) <= 100):
+        raise ValueError(f"clip: expected a percentile in (0, 100] or None, got {clip!r}")
+    a = attr.detach().float()
+    if a.dim() == 3:
+        a = a[:, None]
+    if a.dim() != 4:
+        raise ValueError(f"attr: expected B x C x H x W or B x H x W, got shape {tuple(attr.shape)}")
+    if sign == "abs":
+        a = a.abs()
+    elif sign == "positive":
+        a = a.clamp(min=0)
+    elif sign == "negative":
+        a = (-a).clamp(min=0)
+    if channels == "sum":
+        m = a.sum(1)
+    elif channels == "max":
+        m = a.amax(1) if sign != "signed" else torch.gather(a, 1, a.abs().argmax(1, keepdim=True))[:, 0]
+    else:
+        m = a.mean(1)
+    b, h, w = m.shape
+    flat = m.reshape(b, -1)
+    if sign == "signed":
+        if clip is not None:
+            span = _percentile(flat.abs(), float(clip))
+        else:
+            span = flat.abs().amax(1, keepdim=True)
+        span = torch.where(span > 0, span, torch.ones_like(span))
+        out = flat.clamp(-span, span) / span if normalize else flat
+        if normalize:
+            out = (out + 1) / 2
+        return out.reshape(b, h, w)
+    if clip is not None:
+        cap = _percentile(flat, float(clip))
+        flat = torch.minimum(flat, cap)
+    if normalize:
+        lo = flat.amin(1, keepdim=True)
+        hi = flat.amax(1, keepdim=True)
+        rng = hi - lo
+        flat = torch.where(rng > 0, (flat - lo) / torch.where(rng > 0, rng, torch.ones_like(rng)),
+                           torch.zeros_like(flat))
+    return flat.reshape(b, h, w)
+
+
+def colorize(heat: np.ndarray, cmap: str = "jet") -> np.ndarray:
+    """H x W map in [0, 1] -> H x W x 3 uint8 via a matplotlib colormap."""
+    import matplotlib
+
+    cm = matplotlib.colormaps[cmap]
+    rgb = cm(np.clip(np.asarray(heat, dtype=np.float64), 0, 1))[..., :3]
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def overlay(image01: np.ndarray, heat: np.ndarray, cmap: str = "jet", alpha: float = 0.5) -> np.ndarray:
+    """Blend a colormapped H x W heatmap over an H x W x 3 image in [0, 1]; returns uint8."""
+    img = np.clip(np.asarray(image01, dtype=np.float64), 0, 1)
+    col = colorize(heat, cmap).astype(np.float64) / 255
+    return ((1 - alpha) * img + alpha * col).clip(0, 1).__mul__(255).round().astype(np.uint8)
+
+
+def save_png(array: np.ndarray, path) -> Path:
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(array)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def default_cmap(signed: bool) -> str:
+    return "bwr" if signed else "jet"
+
+
+def grid(images01: Sequence[np.ndarray], maps: Mapping[str, Sequence[np.ndarray]],
+         row_titles: Optional[Sequence[str]] = None, signed: Optional[Mapping[str, bool]] = None,
+         alpha: float = 0.5):
+    """A matplotlib figure: one row per image, the photo then one overlay per method."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    names = list(maps)
+    n, m = len(images01), len(names) + 1
+    fig, axes = plt.subplots(n, m, figsize=(2.2 * m, 2.3 * n), squeeze=False)
+    for r, img in enumerate(images01):
+        axes[r, 0].imshow(np.clip(img, 0, 1))
+        axes[r, 0].set_title(row_titles[r] if row_titles else "input", fontsize=8)
+        for c, name in enumerate(names, start=1):
+            is_signed = bool(signed and signed.get(name))
+            heat = maps[name][r]
+            if is_signed:
+                axes[r, c].imshow(colorize(heat, default_cmap(True)))
+            else:
+                axes[r, c].imshow(overlay(img, heat, default_cmap(False), alpha))
+            if r == 0:
+                axes[r, c].set_title(name, fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,112 @@
+"""Shared fixtures: small models and inputs so the unit tests stay fast on 2 CPU cores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+SAMPLE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample"
+
+
+class TinyCNN(nn.Module):
+    """Conv -> BN -> ReLU(inplace) -> Conv -> ReLU -> pool -> Linear; spatially varying gradients."""
+
+    def __init__(self, n_classes: int = 5, width: int = 6):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, padding=1, stride=2), nn.ReLU(inplace=True),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * width, n_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+class Linear(nn.Module):
+    """f(x) = W vec(x) + b: gradients are constant, known analytically."""
+
+    def __init__(self, shape=(3, 8, 8), n_classes: int = 4):
+        super().__init__()
+        self.fc = nn.Linear(int(torch.tensor(shape).prod()), n_classes)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def _init(model: nn.Module, seed: int) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_cnn():
+    torch.manual_seed(0)
+    return _init(TinyCNN(), 0)
+
+
+@pytest.fixture
+def linear_model():
+    torch.manual_seed(0)
+    return _init(Linear(), 1)
+
+
+@pytest.fixture
+def images():
+    g = torch.Generator().manual_seed(123)
+    return torch.randn(3, 3, 16, 16, generator=g)
+
+
+@pytest.fixture
+def small_images():
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(2, 3, 8, 8, generator=g)
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    from saliencekit import load_model
+
+    return load_model("efficientnet-lite0")
+
+
+@pytest.fixture(scope="session")
+def sample_dir():
+    if not SAMPLE_DIR.is_dir():
+        pytest.skip(f"ImageNet sample folder not found at {SAMPLE_DIR}")
+    return SAMPLE_DIR
+
+
+def model_state(model: nn.Module):
+    """Everything explain() must leave untouched."""
+    return {
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grads": [p.grad is None for p in model.parameters()],
+        "params": [p.detach().clone() for p in model.parameters()],
+        "buffers": [b.detach().clone() for b in model.buffers()],
+        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+                  for m in model.modules()],
+    }
+
+
+def assert_same_state(before, after):
+    assert before["training"] == after["training"]
+    assert before["requires_grad"] == after["requires_grad"]
+    assert before["grads"] == after["grads"]
+    assert before["hooks"] == after["hooks"]
+    for a, b in zip(before["params"], after["params"]):
+        assert torch.equal(a, b)
+    for a, b in zip(before["buffers"], after["buffers"]):
+        assert torch.equal(a, b)
