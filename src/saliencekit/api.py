@@ -49,7 +49,7 @@ def list_methods() -> List[str]:
 
 def explain(model: nn.Module, x: torch.Tensor, method: str, target: Any = "predicted", seed: Any = 0,
             batch_size: Optional[int] = None, preprocessing: Optional[Preprocessing] = None,
-            keep_inputs: bool = True, progress=None, **options) -> Explanation:
+            keep_inputs: bool = True, progress=None, image_ids=None, **options) -> Explanation:
     """Explain ``model``'s scores for the batch ``x`` with ``method``.
 
     ``target``: ``"predicted"`` (top-1 of the clean input, resolved once), an int, a sequence or
@@ -57,6 +57,8 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target: Any = "predi
     ``torch.Generator``) fixes every random draw: the same seed gives the same map for any
     ``batch_size`` (rows per forward/backward chunk; ``None`` = automatic). ``options`` are the
     method's options (see ``saliencekit.methods()``); unknown ones are refused.
+    ``image_ids`` (one int per image, default 0..B-1) key each image's noise, so an image gets the
+    same noise whatever batch it is explained in (dataset evaluation passes global indices).
     """
     _check_model(model)
     x = _check_input(x)
@@ -81,6 +83,13 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target: Any = "predi
         if batch_size < 1:
             raise ValueError(f"batch_size: expected a positive int or None, got {batch_size}")
     seed_int = noise.resolve_seed(seed)
+    if image_ids is not None:
+        try:
+            image_ids = [int(v) for v in (image_ids.tolist() if isinstance(image_ids, torch.Tensor) else image_ids)]
+        except (TypeError, ValueError):
+            raise TypeError("image_ids: expected one integer per image") from None
+        if len(image_ids) != x.shape[0]:
+            raise ValueError(f"image_ids: expected {x.shape[0]} ids (one per image), got {len(image_ids)}")
     space = check_score_space(opts.get("score", "logit"))
     spec_pp = preprocessing if preprocessing is not None else get_preprocessing(model)
 
@@ -100,7 +109,8 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target: Any = "predi
             classes = resolve_classes(target, clean)
             score = ClassScore(classes, space)
         ctx = Context(model=model, x=x, score=score, classes=classes, clean_outputs=clean.detach(),
-                      seed=seed_int, batch_size=batch_size, preprocessing=spec_pp, progress=progress)
+                      seed=seed_int, batch_size=batch_size, preprocessing=spec_pp, progress=progress,
+                      image_ids=image_ids)
         clean_scores = ctx.scores_at(x, torch.arange(x.shape[0]))
         result = spec.fn(ctx, **opts)
     elapsed = time.perf_counter() - t0

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
 
-from .. import engine
+from .. import engine, noise
 from ..hooks import capture
 from ..models import Preprocessing
 
@@ -52,10 +52,25 @@ class Context:
     preprocessing: Preprocessing
     progress: Optional[Callable[[int], None]] = None
     extras: Dict[str, Any] = field(default_factory=dict)
+    image_ids: Optional[List[int]] = None  # noise key per image (default: position in the batch)
 
     @property
     def n(self) -> int:
         return self.x.shape[0]
+
+    def noise_key(self, i: int) -> int:
+        """The integer that keys image i's noise: its id, so batch composition never matters."""
+        return self.image_ids[i] if self.image_ids is not None else i
+
+    def normal(self, shape, i: int, j: int, stream: int) -> torch.Tensor:
+        """N(0, 1) noise for (image i of this batch, sample j): a pure function of (seed, id, j, stream)."""
+        return noise.normal(shape, self.seed, self.noise_key(i), j, stream=stream, device=self.x.device,
+                            dtype=self.x.dtype)
+
+    def uniform(self, shape, i: int, j: int, stream: int) -> torch.Tensor:
+        """U[0, 1) noise for (image i of this batch, sample j)."""
+        return noise.uniform(shape, self.seed, self.noise_key(i), j, stream=stream, device=self.x.device,
+                             dtype=self.x.dtype)
 
     def chunk(self, total_rows: int) -> int:
         if self.batch_size is not None:

@@ -80,8 +80,7 @@ def baseline_fn(ctx: Context, baseline, draws: int, blur_kernel: int, blur_sigma
         return (lambda i, j: blurred[i]), 1
     positive_int("baseline_draws", draws)
     shape = x.shape[1:]
-    return (lambda i, j: spec.normalize(noise.uniform(shape, ctx.seed, i, j, stream=noise.STREAM_BASELINE,
-                                                      device=x.device))), draws
+    return (lambda i, j: spec.normalize(ctx.uniform(shape, i, j, noise.STREAM_BASELINE))), draws
 
 
 def integrated(ctx: Context, *, n_steps: int, rule: str, base: Callable[[int, int], torch.Tensor],
@@ -142,7 +141,7 @@ def smoothtaylor_fixed(ctx: Context, n_samples: int, sigma: torch.Tensor) -> tor
     shape = x.shape[1:]
 
     def eps(i, j):
-        return noise.normal(shape, ctx.seed, i, j, stream=noise.STREAM_TAYLOR, device=x.device, dtype=x.dtype)
+        return ctx.normal(shape, i, j, noise.STREAM_TAYLOR)
 
     def make(img, smp, stp):
         return torch.stack([x[i] + sigma[i] * eps(i, j) for i, j in zip(img.tolist(), smp.tolist())])

@@ -36,7 +36,7 @@ def smoothgrad(ctx: Context, n_samples, noise_level, stdev, estimator, base, sco
     shape = x.shape[1:]
 
     def noisy(i, j):
-        e = noise.normal(shape, ctx.seed, i, j, stream=noise.STREAM_SMOOTHGRAD, device=x.device, dtype=x.dtype)
+        e = ctx.normal(shape, i, j, noise.STREAM_SMOOTHGRAD)
         return x[i] + sigma[i] * e
 
     if base == "integrated_gradients":
