@@ -1,0 +1,58 @@
+"""Average Drop % and Increase in Confidence % (Chattopadhyay et al., Grad-CAM++).
+
+The explanation map is the saliency min-max normalised per image (to [0, 1]) times the image
+in pixel space, normalised again for the model: ``E = normalize(s01 * x01)``. With ``Y`` the
+softmax probability of the explained class on ``x`` and ``O`` on ``E``: per image
+``drop = 100 * max(0, Y - O) / Y`` and ``increase = 100 * [O > Y]``; their means over images are
+the paper's Average Drop % (lower is better) and Increase in Confidence % (higher is better).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..models import get_preprocessing
+from ._common import check_model, check_saliency, check_x, guarded, outputs, resolve_target, select
+
+
+def _normalise01(s: torch.Tensor) -> torch.Tensor:
+    b = s.shape[0]
+    f = s.reshape(b, -1)
+    lo, hi = f.amin(1, keepdim=True), f.amax(1, keepdim=True)
+    rng = hi - lo
+    f = torch.where(rng > 0, (f - lo) / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(f))
+    return f.view_as(s)
+
+
+def confidence_scores(model, x: torch.Tensor, saliency: torch.Tensor, target: Any = "predicted",
+                      batch_size: int | None = None):
+    """(Y, O, classes): class probability on the image and on the explanation map."""
+    check_model(model)
+    x = check_x(x)
+    s = _normalise01(check_saliency(saliency, x))
+    spec = get_preprocessing(model)
+    e = spec.normalize(s[:, None] * spec.denormalize(x))
+    with guarded(model):
+        classes, out = resolve_target(model, x, target, batch_size)
+        y = select(out, classes, "softmax")
+        o = select(outputs(model, e, batch_size), classes, "softmax")
+    return y, o, classes
+
+
+def average_drop(model, x: torch.Tensor, saliency: torch.Tensor, target: Any = "predicted",
+                 batch_size: int | None = None) -> torch.Tensor:
+    """Per-image drop in % (B values; their mean is the Average Drop %; lower is better)."""
+    y, o, _ = confidence_scores(model, x, saliency, target, batch_size)
+    return 100.0 * (y - o).clamp(min=0) / y.clamp(min=1e-12)
+
+
+def increase_in_confidence(model, x: torch.Tensor, saliency: torch.Tensor, target: Any = "predicted",
+                           batch_size: int | None = None) -> torch.Tensor:
+    """Per-image 100 * [O > Y] (their mean is the Increase in Confidence %; higher is better)."""
+    y, o, _ = confidence_scores(model, x, saliency, target, batch_size)
+    return 100.0 * (o > y).float()
+
+
+__all__ = ["average_drop", "increase_in_confidence", "confidence_scores"]
