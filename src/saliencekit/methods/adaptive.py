@@ -1,0 +1,156 @@
+"""SmoothTaylor adaptive noising (Goh et al. 2021; METHODS.md section 2).
+
+Per image, the noise scale sigma of SmoothTaylor is chosen to minimise an objective A(sigma):
+``"aupc"`` (region perturbation, ``metrics.aupc`` on the signed channel-sum heatmap) or
+``"autvc"`` (multi-scale total variation, ``metrics.total_variation``), or a callable
+``A(attributions, sigma) -> one value per image`` (attributions B x C x H x W, sigma B).
+
+Search (per image; all still-searching images are evaluated together in one batch):
+start at ``sigma = mean(|x|)`` and ``lr = 0.1``. Each iteration tries ``|sigma + lr|``; if A got
+worse (strictly larger) than the current value it tries ``|sigma - lr|`` instead. If that is
+still worse, ``lr *= 0.9`` and a failure is counted (the search stops after 3 consecutive
+failures); otherwise the step is taken (ties count as not worse), the failure count resets and
+the new sigma is the best seen. At most 20 iterations. The result is the map at the best sigma,
+with ``extras["sigma"]`` (per image) and ``extras["objective_trace"]`` (per image, the list of
+``[sigma, A, accepted]`` triples in evaluation order, starting with the initial sigma).
+
+Every map reuses ``integrated.smoothtaylor_fixed`` with the same noise keys, so the returned
+map equals ``smoothtaylor`` with ``noise_scale`` set to the chosen sigma.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import torch
+
+from ..targets import ClassScore
+from .base import Context
+
+ADAPTIVE_DEFAULTS = {"lr": 0.1, "max_iter": 20, "patience": 3, "decay": 0.9, "sigma0": None,
+                     "window": 15, "regions": 30, "draws": 50, "downscale": 1.5, "min_size": 30}
+OBJECTIVES = ("aupc", "autvc")
+
+
+def _sub_context(ctx: Context, idx: list[int]) -> Context:
+    sel = torch.tensor(idx, device=ctx.x.device)
+    classes = ctx.classes[sel]
+    space = getattr(ctx.score, "space", "logit")
+    return dataclasses.replace(ctx, x=ctx.x[sel], classes=classes, clean_outputs=ctx.clean_outputs[sel],
+                               score=ClassScore(classes, space), image_ids=[ctx.noise_key(i) for i in idx],
+                               extras={})
+
+
+def _objective_fn(ctx: Context, objective, opts: dict[str, Any]) -> Callable:
+    if callable(objective):
+        def custom(sub: Context, attr: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            v = objective(attr, sigma)
+            v = torch.as_tensor(v, dtype=torch.float64).reshape(-1)
+            if v.numel() != attr.shape[0]:
+                raise ValueError("objective: a callable objective must return one value per image")
+            return v
+        return custom
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective: expected 'aupc', 'autvc' or a callable, got {objective!r}")
+    from ..metrics import aupc, total_variation
+
+    if objective == "aupc":
+        def fa(sub: Context, attr: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            heat = attr.sum(1)  # the SmoothTaylor heatmap: signed sum over channels
+            return aupc(sub.model, sub.x, heat, target=sub.classes, window=opts["window"], regions=opts["regions"],
+                        draws=opts["draws"], seed=sub.seed, image_ids=sub.image_ids,
+                        batch_size=sub.batch_size).double()
+        return fa
+
+    def ft(sub: Context, attr: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return total_variation(attr.sum(1), downscale=opts["downscale"], min_size=opts["min_size"])["autvc"].double()
+    return ft
+
+
+def _check_options(options: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(options, dict):
+        raise TypeError(f"adaptive_options: expected a dict, got {type(options).__name__}")
+    unknown = sorted(set(options) - set(ADAPTIVE_DEFAULTS))
+    if unknown:
+        raise TypeError(f"adaptive_options: unknown option {unknown[0]!r}; valid: {', '.join(ADAPTIVE_DEFAULTS)}")
+    o = dict(ADAPTIVE_DEFAULTS)
+    o.update(options)
+    for k in ("max_iter", "patience", "window", "regions", "draws", "min_size"):
+        if isinstance(o[k], bool) or not isinstance(o[k], int) or o[k] < 1:
+            raise ValueError(f"adaptive_options[{k!r}]: expected a positive int, got {o[k]!r}")
+    for k in ("lr", "decay"):
+        if isinstance(o[k], bool) or not isinstance(o[k], (int, float)) or not o[k] > 0:
+            raise ValueError(f"adaptive_options[{k!r}]: expected a positive number, got {o[k]!r}")
+    if o["sigma0"] is not None and (isinstance(o["sigma0"], bool) or not isinstance(o["sigma0"], (int, float))
+                                    or not o["sigma0"] >= 0):
+        raise ValueError(f"adaptive_options['sigma0']: expected a non-negative number or None, got {o['sigma0']!r}")
+    return o
+
+
+def smoothtaylor_adaptive(ctx: Context, n_samples: int, objective="aupc", options: dict[str, Any] | None = None):
+    """The per-image sigma search; returns attributions at the best sigma, sigma and the traces."""
+    from .integrated import smoothtaylor_fixed
+
+    if ctx.classes is None:
+        raise ValueError("target: adaptive noising explains a class; unit / callable targets are not supported")
+    o = _check_options(options or {})
+    fn = _objective_fn(ctx, objective, o)
+    n = ctx.n
+    x = ctx.x.detach()
+    if o["sigma0"] is None:
+        sigma = x.reshape(n, -1).abs().mean(1).double().cpu()
+    else:
+        sigma = torch.full((n,), float(o["sigma0"]), dtype=torch.float64)
+    lr = torch.full((n,), float(o["lr"]), dtype=torch.float64)
+    fails = [0] * n
+    iters = [0] * n
+    phase = ["plus"] * n
+    done = [False] * n
+    traces: list[list[list[float]]] = [[] for _ in range(n)]
+
+    def evaluate(idx: list[int], sig: torch.Tensor):
+        sub = _sub_context(ctx, idx)
+        s = sig.to(device=x.device, dtype=x.dtype)
+        attr = smoothtaylor_fixed(sub, n_samples, s)
+        return attr, fn(sub, attr, s).cpu()
+
+    all_idx = list(range(n))
+    best_attr, value = evaluate(all_idx, sigma)
+    best_attr = best_attr.clone()
+    for i in all_idx:
+        traces[i].append([float(sigma[i]), float(value[i]), True])
+    while True:
+        active = [i for i in all_idx if not done[i]]
+        if not active:
+            break
+        trial = torch.tensor([abs(float(sigma[i]) + (lr[i] if phase[i] == "plus" else -lr[i]).item())
+                              for i in active], dtype=torch.float64)
+        attr, val = evaluate(active, trial)
+        for k, i in enumerate(active):
+            v = float(val[k])
+            worse = v > float(value[i])
+            traces[i].append([float(trial[k]), v, not worse])
+            if not worse:
+                sigma[i], value[i] = trial[k], v
+                best_attr[i] = attr[k]
+                fails[i] = 0
+                phase[i] = "plus"
+                iters[i] += 1
+            elif phase[i] == "plus":
+                phase[i] = "minus"
+                continue
+            else:
+                lr[i] *= float(o["decay"])
+                fails[i] += 1
+                phase[i] = "plus"
+                iters[i] += 1
+            if fails[i] >= o["patience"] or iters[i] >= o["max_iter"]:
+                done[i] = True
+    return {"attributions": best_attr,
+            "extras": {"sigma": sigma.to(device=x.device, dtype=torch.float32),
+                       "objective_value": value.to(torch.float32),
+                       "objective_trace": traces}}
+
+
+__all__ = ["smoothtaylor_adaptive", "ADAPTIVE_DEFAULTS", "OBJECTIVES"]
