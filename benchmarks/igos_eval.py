@@ -1,0 +1,112 @@
+"""I-GOS evaluation on the ImageNet sample: compute maps (saved to disk), then deletion / insertion.
+
+Phase 1 (expensive, resumable): ``maps`` computes I-GOS maps for images [start, stop) in groups
+and saves each group to ``--out`` (``igos{size}_{first}_{last}.pt``); already-present groups are
+skipped. Phase 2 (cheap): ``metrics`` loads the maps and scores them with
+``saliencekit.metrics.deletion`` / ``insertion`` (RISE protocol: softmax of the predicted class,
+224 pixels per step, zero substrate for deletion, 11x11 sigma=5 blur start for insertion).
+
+    python benchmarks/igos_eval.py maps --n 32 --mask-size 28 --out /tmp/igos_maps
+    python benchmarks/igos_eval.py metrics --n 32 --mask-size 28 --out /tmp/igos_maps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import saliencekit as sk
+from saliencekit import data
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
+
+
+def load(n: int, model):
+    files = data.list_images(SAMPLE)[:n]
+    return files, sk.load_images(files, preprocessing=sk.get_preprocessing(model))
+
+
+def group_path(out: Path, size, a: int, b: int, tag: str = "") -> Path:
+    return out / f"igos{size}{tag}_{a:03d}_{b:03d}.pt"
+
+
+def compute_maps(args):
+    torch.set_num_threads(args.threads)
+    model = sk.load_model("efficientnet-lite0")
+    _, x = load(args.n, model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    opts = json.loads(args.options) if args.options else {}
+    for a in range(args.start, args.n, args.group):
+        b = min(args.n, a + args.group)
+        p = group_path(out, args.mask_size, a, b, args.tag)
+        if p.exists():
+            continue
+        t0 = time.perf_counter()
+        e = sk.explain(model, x[a:b], "igos", mask_size=args.mask_size, batch_size=args.batch_size, seed=0, **opts)
+        dt = time.perf_counter() - t0
+        torch.save({"heatmap": e.heatmap(), "mask": e.extras["mask"], "objective": e.extras["objective"],
+                    "targets": e.targets, "time_s": dt, "images": (a, b), "options": opts}, p)
+        print(f"images {a}..{b - 1}: {dt:.1f} s ({dt / (b - a):.1f} s/image)", flush=True)
+
+
+def gather(out: Path, n: int, size, tag: str = ""):
+    heat, tgt, times = [], [], 0.0
+    a = 0
+    files = sorted(out.glob(f"igos{size}{tag}_*.pt"))
+    parts = {}
+    for f in files:
+        d = torch.load(f)
+        parts[d["images"][0]] = d
+    while a < n:
+        if a not in parts:
+            raise SystemExit(f"maps for image {a} are missing in {out}")
+        d = parts[a]
+        heat.append(d["heatmap"])
+        tgt.append(d["targets"])
+        times += d["time_s"]
+        a = d["images"][1]
+    return torch.cat(heat)[:n], torch.cat(tgt)[:n], times
+
+
+def metrics(args):
+    from saliencekit import metrics as M
+
+    torch.set_num_threads(args.threads)
+    model = sk.load_model("efficientnet-lite0")
+    _, x = load(args.n, model)
+    heat, tgt, t = gather(Path(args.out), args.n, args.mask_size, args.tag)
+    res = {}
+    for proto in args.protocols.split(","):
+        dele = M.deletion(model, x, heat, target=tgt, step=224, protocol=proto)
+        ins = M.insertion(model, x, heat, target=tgt, step=224, protocol=proto)
+        dele = getattr(dele, "auc", dele["auc"] if isinstance(dele, dict) else dele)
+        ins = getattr(ins, "auc", ins["auc"] if isinstance(ins, dict) else ins)
+        res[proto] = {"deletion": float(dele.mean()), "insertion": float(ins.mean())}
+    print(json.dumps({"n": args.n, "mask_size": args.mask_size, "tag": args.tag, "time_s_per_image": t / args.n,
+                      **res}, indent=2))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("phase", choices=["maps", "metrics"])
+    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--group", type=int, default=4)
+    ap.add_argument("--mask-size", type=int, default=28)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--options", default="", help="extra igos options as JSON")
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--out", default="/tmp/igos_maps")
+    ap.add_argument("--protocols", default="rise")
+    args = ap.parse_args()
+    compute_maps(args) if args.phase == "maps" else metrics(args)
+
+
+if __name__ == "__main__":
+    main()
