@@ -1,0 +1,268 @@
+"""The HTTP side of the explorer: a small Starlette app and the uvicorn runner.
+
+Routes (all answers JSON except the page, its two assets and the images):
+
+- ``GET  /``                              the page (one HTML file, one script, one style sheet)
+- ``GET  /static/{app.js|style.css}``     served from memory; any other name is 404
+- ``GET  /api/info``                      model, samples, methods with their page parameters, limits
+- ``POST /api/image``                     raw image bytes in the body (size-limited), or ``?sample=NAME``
+- ``GET  /api/images/{id}.png``           the 224 x 224 crop the model sees
+- ``POST /api/explain``                   JSON request -> ``{"job": id}`` (queued, one worker)
+- ``GET  /api/jobs/{id}``                 state, queue position, progress; the results when done
+- ``GET  /api/jobs/{id}/files/{name}``    a map PNG or ``saliency.pt`` of that job (from memory)
+
+Nothing a request contains is used as a file-system path: ids are random hex looked up in
+dictionaries, samples are looked up by name in the bundled list, and static assets are read once
+at start-up from the package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import threading
+import time
+from importlib import resources
+from typing import Dict, Optional
+
+import torch
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .core import ID_RE, Explorer, InputError
+from .jobs import JobQueue, QueueFull
+
+log = logging.getLogger("saliencekit.web")
+
+MAX_JSON_BYTES = 64 * 1024
+STATIC_TYPES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+                "style.css": "text/css; charset=utf-8"}
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+                               "script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+NAME_RE = re.compile(r"[^A-Za-z0-9._ -]+")
+
+
+def _static_assets() -> Dict[str, bytes]:
+    root = resources.files("saliencekit.web").joinpath("static")
+    return {name: root.joinpath(name).read_bytes() for name in STATIC_TYPES}
+
+
+def _error(message: str, status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _read_limited(request: Request, limit: int, what: str) -> bytes:
+    """The request body, refusing (413) anything over ``limit`` bytes, whether announced or streamed."""
+    cl = request.headers.get("content-length")
+    if cl is not None:
+        if not cl.isdigit():
+            raise InputError("Bad Content-Length header.")
+        if int(cl) > limit:
+            raise InputError(f"The {what} is {int(cl) / 1e6:.1f} MB; the limit is {limit / 1e6:.1f} MB.", status=413)
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise InputError(f"The {what} is larger than the limit of {limit / 1e6:.1f} MB.", status=413)
+    return bytes(buf)
+
+
+class _SecurityHeaders:
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", [])
+                           if k.decode("latin-1").lower() not in SECURITY_HEADERS]
+                headers += [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+                message = dict(message, headers=headers)
+            await send(message)
+
+        return await self.app(scope, receive, send_with_headers)
+
+
+def create_app(model: torch.nn.Module, model_name: str = "model", *, max_upload_bytes: Optional[int] = None,
+               max_pending: int = 16, explorer: Optional[Explorer] = None, **explorer_options) -> Starlette:
+    """The explorer app for ``model`` (an ``nn.Module``; ``load_model`` attaches class names and
+    preprocessing). ``max_upload_bytes`` caps uploads (default 10 MB); ``max_pending`` caps the
+    queue of waiting runs. The app's ``state`` holds ``explorer`` and ``jobs`` (for tests)."""
+    if explorer is None:
+        if max_upload_bytes is not None:
+            explorer_options["max_upload_bytes"] = max_upload_bytes
+        explorer = Explorer(model, model_name, **explorer_options)
+    jobs = JobQueue(max_pending=max_pending, user_error=InputError)
+    assets = _static_assets()
+
+    async def page(request: Request):
+        return Response(assets["index.html"], media_type=STATIC_TYPES["index.html"])
+
+    async def static(request: Request):
+        name = request.path_params["name"]
+        if name not in assets or name == "index.html":
+            return _error("Not found.", 404)
+        return Response(assets[name], media_type=STATIC_TYPES[name])
+
+    async def info(request: Request):
+        return JSONResponse(explorer.info())
+
+    async def upload(request: Request):
+        try:
+            sample = request.query_params.get("sample")
+            if sample is not None:
+                image_id, stored = await run_in_threadpool(explorer.add_sample, sample)
+            else:
+                raw = await _read_limited(request, explorer.max_upload_bytes, "upload")
+                name = NAME_RE.sub("", request.query_params.get("name", "upload"))[:64] or "upload"
+                image_id, stored = await run_in_threadpool(explorer.add_upload, raw, name)
+        except InputError as e:
+            return _error(str(e), e.status)
+        return JSONResponse({"image_id": image_id, "name": stored.name, "notes": stored.notes, "crop": stored.crop,
+                             "top5": stored.top5,
+                             "predicted": stored.top5[0], "preview": f"/api/images/{image_id}.png"})
+
+    async def preview(request: Request):
+        try:
+            stored = explorer.get_image(request.path_params["image_id"])
+        except InputError as e:
+            return _error(str(e), e.status)
+        return Response(stored.preview_png, media_type="image/png")
+
+    async def submit(request: Request):
+        try:
+            raw = await _read_limited(request, MAX_JSON_BYTES, "request")
+            try:
+                body = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise InputError("The request is not valid JSON.") from None
+            req = explorer.parse_request(body)
+            job_id = jobs.submit(lambda progress: explorer.run(req, progress))
+        except InputError as e:
+            return _error(str(e), e.status)
+        except QueueFull as e:
+            return _error(str(e), 429)
+        return JSONResponse({"job": job_id, "status": jobs.status(job_id)})
+
+    async def job_status(request: Request):
+        job_id = request.path_params["job_id"]
+        st = jobs.status(job_id) if ID_RE.match(job_id) else None
+        if st is None:
+            return _error("Unknown or expired run.", 404)
+        if st["state"] == "done":
+            res = jobs.result(job_id)
+            payload = dict(res.payload)
+            base = f"/api/jobs/{job_id}/files/"
+            payload["files"] = {name: base + name for name in res.files}
+            st["result"] = payload
+        return JSONResponse(st)
+
+    async def job_file(request: Request):
+        job_id, name = request.path_params["job_id"], request.path_params["name"]
+        res = jobs.result(job_id) if ID_RE.match(job_id) else None
+        if res is None or name not in res.files:
+            return _error("Unknown or expired file.", 404)
+        body, media = res.files[name]
+        headers = {}
+        if request.query_params.get("download"):
+            headers["content-disposition"] = f'attachment; filename="{name}"'
+        return Response(body, media_type=media, headers=headers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        try:
+            yield
+        finally:
+            jobs.stop()
+
+    routes = [
+        Route("/", page),
+        Route("/static/{name}", static),
+        Route("/api/info", info),
+        Route("/api/image", upload, methods=["POST"]),
+        Route("/api/images/{image_id}.png", preview),
+        Route("/api/explain", submit, methods=["POST"]),
+        Route("/api/jobs/{job_id}", job_status),
+        Route("/api/jobs/{job_id}/files/{name}", job_file),
+    ]
+
+    async def not_found(request, exc):
+        return _error("Not found.", 404)
+
+    async def server_error(request, exc):
+        log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+        return _error("Internal server error (see the server log).", 500)
+
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={404: not_found, 405: not_found, 500: server_error})
+    app.add_middleware(_SecurityHeaders)
+    app.state.explorer = explorer
+    app.state.jobs = jobs
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def serve(model: str | torch.nn.Module = "efficientnet-lite0", host: str = "127.0.0.1", port: int = 7860,
+          device: str = "cpu", log_level: str = "warning", **options) -> None:
+    """Load ``model`` (a name for ``load_model`` or a module) and serve the explorer until interrupted."""
+    import uvicorn
+
+    from ..models import load_model
+
+    name = model if isinstance(model, str) else type(model).__name__
+    net = load_model(model, device=device) if isinstance(model, str) else model.to(device)
+    app = create_app(net, name, **options)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+class BackgroundServer:
+    """Run the app with uvicorn on a thread (tests, notebooks): ``with BackgroundServer(app) as url: ...``."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        import uvicorn
+
+        self.config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, name="saliencekit-web-server", daemon=True)
+        self.url: Optional[str] = None
+
+    def start(self, timeout: float = 30.0) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the web server did not start")
+            time.sleep(0.02)
+        sock = self.server.servers[0].sockets[0]
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        return self.url
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+__all__ = ["BackgroundServer", "create_app", "is_loopback", "serve"]

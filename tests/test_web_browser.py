@@ -1,0 +1,146 @@
+"""End to end in headless Chromium: ``saliencekit serve`` on a free loopback port, a photo uploaded
+through the page, SmoothGrad and Grad-CAM (the gradient while Grad-CAM is not registered) run, both
+maps shown with the predicted class. Skips with the reason when Chromium or Playwright is missing.
+
+The screenshot goes to the test's tmp_path; with SALIENCEKIT_UPDATE_SCREENSHOT=1 it is also copied
+to docs/img/web.png (the picture in docs/web.md), so ordinary test runs never modify the repository.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img" / "web.png"
+
+
+def find_chromium():
+    for cand in (os.environ.get("SALIENCEKIT_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                 shutil.which("chromium-browser")):
+        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served():
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "saliencekit.cli", "serve", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"saliencekit serve exited early:\n{proc.stdout.read()}")
+            try:
+                with urllib.request.urlopen(url + "/api/info", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("saliencekit serve did not answer within 180 s")
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_explorer_in_headless_chromium(served, tmp_path):
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium found (/usr/bin/chromium); on Debian: apt-get install -y chromium")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+
+    import skimage.data
+
+    import saliencekit
+
+    # The photo a user would upload, and the prediction the page must show for it.
+    photo = tmp_path / "chelsea.jpg"
+    Image.fromarray(skimage.data.chelsea()).save(photo, quality=92)
+    junk = tmp_path / "notes.txt"
+    junk.write_text("definitely not a picture")
+    model = saliencekit.load_model("efficientnet-lite0")
+    with torch.no_grad():
+        top = torch.softmax(model(saliencekit.load_images(photo)), 1)[0].argmax().item()
+    predicted_name = model.saliencekit_preprocessing.class_names[top]
+    cam = "gradcam" if "gradcam" in saliencekit.methods() else "gradient"
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1380, "height": 980})
+            page.set_default_timeout(120_000)
+            page.goto(served)
+            page.wait_for_selector("button.sample")
+
+            # a non-image upload is answered on the page
+            page.set_input_files("#file", str(junk))
+            page.wait_for_selector("#error:not([hidden])")
+            assert "not an image" in page.inner_text("#error")
+
+            page.set_input_files("#file", str(photo))
+            page.wait_for_selector("#top5 li")
+            assert page.is_hidden("#error")
+            first = page.inner_text("#top5 li:first-child")
+            assert predicted_name in first and "predicted" in first
+            assert page.locator("#top5 li").count() == 5
+
+            # choose exactly SmoothGrad (4 samples) and the CAM
+            for box in page.query_selector_all("input[data-method]"):
+                want = box.get_attribute("data-method") in ("smoothgrad", cam)
+                if box.is_checked() != want:
+                    box.click()
+            page.fill('[data-method-box="smoothgrad"] [data-param="n_samples"]', "4")
+            if page.is_visible("#metrics-box"):
+                page.fill("#metric-steps", "8")
+            page.click("#run")
+            for name in ("smoothgrad", cam):
+                sel = f'img.map[data-method="{name}"]'
+                page.wait_for_selector(sel)
+                page.wait_for_function(
+                    "s => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0; }",
+                    arg=sel)
+                assert page.evaluate(f"document.querySelector('{sel}').naturalWidth") == 224
+            assert predicted_name in page.inner_text("#explained-class")
+            assert page.locator(".card[data-result]").count() == 2
+            if page.is_visible("#metrics-box"):
+                page.wait_for_selector('svg[data-curve="deletion"]')
+                assert "deletion AUC" in page.inner_text(f'[data-auc="{cam}"]')
+            assert page.get_attribute("#download-tensors", "href").endswith("saliency.pt?download=1")
+            shot = tmp_path / "web.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert Image.open(shot).size[0] >= 1000
+    if os.environ.get("SALIENCEKIT_UPDATE_SCREENSHOT") == "1":
+        DOCS_IMG.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, DOCS_IMG)
+    print(f"screenshot: {shot}")

@@ -1,0 +1,461 @@
+"""The web explorer's server without a browser: a tiny model behind the real HTTP stack (uvicorn on
+a free loopback port), driven with urllib. Bad input, limits, queueing, paths, and agreement of
+the served maps and tensors with ``saliencekit.explain``."""
+
+from __future__ import annotations
+
+import builtins
+import http.client
+import io
+import json
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TinyCNN, _init, assert_same_state, model_state
+
+import saliencekit
+from saliencekit.models import get_preprocessing
+from saliencekit.web import BackgroundServer, InputError, create_app, decode_image
+from saliencekit.web.core import Explorer, Request, load_metrics
+from saliencekit.web.jobs import JobQueue
+
+SAMPLES = [("stripes", (np.indices((64, 96)).sum(0) % 16 * 16).astype(np.uint8)[..., None].repeat(3, 2))]
+
+
+class Gated(TinyCNN):
+    """TinyCNN whose forward can be held at a gate (to make a run last as long as the test wants)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = None          # threading.Event or None
+        self.entered = None
+
+    def forward(self, x):
+        if self.gate is not None:
+            self.entered.set()
+            assert self.gate.wait(30), "test gate never opened"
+        return super().forward(x)
+
+
+def tiny():
+    torch.manual_seed(0)
+    return _init(Gated(), 0)
+
+
+# ---- HTTP helpers ----------------------------------------------------------------------------
+
+def call(url, path, data=None, method=None, headers=None):
+    req = urllib.request.Request(url + path, data=data, method=method or ("POST" if data is not None else "GET"),
+                                 headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            body, status, ctype, hdrs = r.read(), r.status, r.headers.get("content-type", ""), r.headers
+    except urllib.error.HTTPError as e:
+        body, status, ctype, hdrs = e.read(), e.code, e.headers.get("content-type", ""), e.headers
+    if ctype.startswith("application/json"):
+        return status, json.loads(body), hdrs
+    return status, body, hdrs
+
+
+def png(arr_or_img, fmt="PNG") -> bytes:
+    im = arr_or_img if isinstance(arr_or_img, Image.Image) else Image.fromarray(arr_or_img)
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def photo(seed=0, size=(120, 90)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+
+
+def explain_json(url, body):
+    return call(url, "/api/explain", json.dumps(body).encode(), headers={"content-type": "application/json"})
+
+
+def wait_job(url, job, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, st, _ = call(url, f"/api/jobs/{job}")
+        assert status == 200
+        if st["state"] in ("done", "error"):
+            return st
+        time.sleep(0.05)
+    raise AssertionError("job did not finish")
+
+
+@pytest.fixture(scope="module")
+def server():
+    model = tiny()
+    app = create_app(model, "tiny", max_upload_bytes=200_000, max_pending=2, samples=SAMPLES)
+    srv = BackgroundServer(app)
+    url = srv.start()
+    yield url, app, model
+    srv.stop()
+
+
+def upload(url, raw, name="photo.png"):
+    return call(url, "/api/image?name=" + urllib.parse.quote(name), raw, headers={"content-type": "image/png"})
+
+
+# ---- info, upload, predictions ------------------------------------------------------------------
+
+def test_server_binds_loopback_and_sends_security_headers(server):
+    url, _, _ = server
+    assert url.startswith("http://127.0.0.1:")
+    status, body, hdrs = call(url, "/")
+    assert status == 200 and b"saliencekit explorer" in body
+    assert "default-src 'self'" in hdrs["content-security-policy"]
+    assert hdrs["x-content-type-options"] == "nosniff"
+    status, body, _ = call(url, "/static/app.js")
+    assert status == 200 and b"/api/explain" in body
+
+
+def test_info_is_built_from_the_registry(server):
+    url, app, _ = server
+    status, info, _ = call(url, "/api/info")
+    assert status == 200
+    registry = saliencekit.methods()
+    assert set(info["methods"]) == set(registry)
+    sg = info["methods"]["smoothgrad"]["params"]
+    assert sg["n_samples"]["default"] == registry["smoothgrad"]["defaults"]["n_samples"]
+    assert sg["noise_level"]["default"] == registry["smoothgrad"]["defaults"]["noise_level"]
+    assert info["methods"]["gradient"]["params"] == {}
+    assert info["methods"]["smoothtaylor"]["signed"] is True
+    # the deletion / insertion panel exists exactly when saliencekit.metrics provides both functions
+    assert info["metrics"] is (load_metrics() is not None)
+    assert info["samples"] == ["stripes"]
+    assert info["n_classes"] == 5
+    # layers offered for CAMs are the tiny model's spatial modules
+    assert "features.0" in app.state.explorer.layers and "fc" not in app.state.explorer.layers
+
+
+def test_upload_returns_the_models_top5(server):
+    url, _, model = server
+    arr = photo(1)
+    status, r, _ = upload(url, png(arr))
+    assert status == 200, r
+    x = saliencekit.load_images(arr, preprocessing=get_preprocessing(model))
+    with torch.no_grad():
+        p = torch.softmax(model(x), 1)[0]
+    want = p.topk(5)
+    assert [t["index"] for t in r["top5"]] == want.indices.tolist()
+    np.testing.assert_allclose([t["probability"] for t in r["top5"]], want.values.numpy(), atol=1e-5)
+    assert r["predicted"]["name"] == f"class {want.indices[0].item()}"
+    status, body, hdrs = call(url, r["preview"])
+    assert status == 200 and hdrs["content-type"] == "image/png"
+    prev = np.asarray(Image.open(io.BytesIO(body)))
+    assert prev.shape == (224, 224, 3)
+    expected = saliencekit.load_images(arr, preprocessing=get_preprocessing(model), normalize=False)[0]
+    np.testing.assert_allclose(prev / 255.0, expected.permute(1, 2, 0).numpy(), atol=1 / 255 + 1e-6)
+
+
+def test_sample_by_name_and_unknown_sample(server):
+    url, _, _ = server
+    status, r, _ = call(url, "/api/image?sample=stripes", b"", method="POST")
+    assert status == 200 and r["name"] == "stripes"
+    status, r, _ = call(url, "/api/image?sample=" + urllib.parse.quote("../../etc/passwd"), b"", method="POST")
+    assert status == 400 and "Unknown sample" in r["error"]
+
+
+# ---- bad input -------------------------------------------------------------------------------------
+
+def test_non_image_and_corrupt_files_are_answered(server):
+    url, _, _ = server
+    status, r, _ = upload(url, b"%PDF-1.4 this is not an image", "doc.pdf")
+    assert status == 400 and "not an image" in r["error"]
+    good = png(photo(2))
+    status, r, _ = upload(url, good[: len(good) // 2], "cut.png")
+    assert status == 400 and "could not be decoded" in r["error"]
+    status, r, _ = upload(url, b"", "empty.png")
+    assert status == 400 and "empty" in r["error"]
+    assert call(url, "/api/info")[0] == 200   # still serving
+
+
+def test_upload_size_limit_announced_and_streamed(server):
+    url, _, _ = server
+    big = b"\x89PNG" + bytes(250_000)
+    status, r, _ = upload(url, big)
+    assert status == 413 and "limit" in r["error"]
+    # no Content-Length: a chunked body is counted while it streams
+    host, port = urllib.parse.urlsplit(url).netloc.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", "/api/image", body=iter([bytes(50_000)] * 6), encode_chunked=True,
+                 headers={"Transfer-Encoding": "chunked", "content-type": "image/png"})
+    resp = conn.getresponse()
+    assert resp.status == 413 and "limit" in json.loads(resp.read())["error"]
+    conn.close()
+
+
+def test_huge_image_downscaled_with_a_note_and_pixel_bombs_refused(server):
+    url, _, _ = server
+    wide = np.zeros((60, 3000, 3), np.uint8)
+    wide[:, 1500:] = 200
+    status, r, _ = upload(url, png(wide))
+    assert status == 200
+    assert any("downscaled to 1024x20" in n and "3000x60" in n for n in r["notes"]), r["notes"]
+    with pytest.raises(InputError) as e:
+        decode_image(png(photo(3, (200, 200))), max_pixels=10_000)
+    assert e.value.status == 413 and "megapixels" in str(e.value)
+
+
+def test_grayscale_rgba_and_palette_are_converted(server):
+    url, _, _ = server
+    gray = (np.indices((80, 80)).sum(0) % 255).astype(np.uint8)
+    status, r, _ = upload(url, png(Image.fromarray(gray, "L")))
+    assert status == 200 and any("grayscale" in n for n in r["notes"])
+    prev = np.asarray(Image.open(io.BytesIO(call(url, r["preview"])[1]))).astype(int)
+    assert np.array_equal(prev[..., 0], prev[..., 1]) and np.array_equal(prev[..., 1], prev[..., 2])
+
+    rgba = np.zeros((80, 80, 4), np.uint8)
+    rgba[..., 0] = 255                      # red, but fully transparent: becomes white
+    status, r, _ = upload(url, png(Image.fromarray(rgba, "RGBA")))
+    assert status == 200 and any("transparency" in n for n in r["notes"])
+    prev = np.asarray(Image.open(io.BytesIO(call(url, r["preview"])[1])))
+    assert (prev == 255).all()
+
+    pal = Image.fromarray(photo(4, (64, 64))).convert("P")
+    im, notes = decode_image(png(pal))
+    assert im.mode == "RGB" and any("palette" in n for n in notes)
+
+
+@pytest.mark.parametrize("patch, words", [
+    ({"methods": [{"name": "smoothgrad", "options": {"n_samples": 0}}]}, ["samples", "out of range", "1 to 500"]),
+    ({"methods": [{"name": "smoothgrad", "options": {"noise_level": 2.5}}]}, ["noise level", "out of range"]),
+    ({"methods": [{"name": "smoothgrad", "options": {"n_samples": 2.5}}]}, ["samples", "whole number"]),
+    ({"methods": [{"name": "smoothgrad", "options": {"noise_level": "lots"}}]}, ["noise level", "number"]),
+    ({"methods": [{"name": "integrated_gradients", "options": {"n_steps": 100000}}]}, ["steps", "out of range"]),
+    ({"methods": [{"name": "smoothgrad", "options": {"estimator": "median"}}]}, ["estimator", "mean"]),
+    ({"methods": [{"name": "smoothgrad", "options": {"baseline": "blur"}}]}, ["baseline", "cannot be set"]),
+    ({"methods": [{"name": "nosuchmethod"}]}, ["unknown method"]),
+    ({"methods": []}, ["at least one method"]),
+    ({"target": 5}, ["class", "out of range", "0 to 4"]),
+    ({"target": "cat"}, ["class", "predicted"]),
+    ({"metric_steps": 1}, ["curve steps"]),
+])
+def test_options_out_of_range_are_answered(server, patch, words):
+    url, _, _ = server
+    _, r, _ = call(url, "/api/image?sample=stripes", b"", method="POST")
+    body = {"image_id": r["image_id"], "target": "predicted", "methods": [{"name": "gradient"}]}
+    body.update(patch)
+    status, r, _ = explain_json(url, body)
+    assert status == 400, r
+    for w in words:
+        assert w in r["error"], (w, r["error"])
+
+
+def test_method_specific_ranges_follow_the_registry(server):
+    url, _app, _ = server
+    _, r, _ = call(url, "/api/image?sample=stripes", b"", method="POST")
+    reg = saliencekit.methods()
+    cases = []
+    if "igos" in reg:
+        cases.append(({"name": "igos", "options": {"mask_size": 1000}}, ["mask size", "7 to 224"]))
+    for cam in ("gradcam", "gradcampp", "smoothgradcampp"):
+        if cam in reg and "layer" in reg[cam]["defaults"]:
+            cases.append(({"name": cam, "options": {"layer": "no.such.layer"}}, ["layer", "unknown layer"]))
+    if not cases:
+        pytest.skip("no method with a mask size or layer option is registered yet")
+    for method, words in cases:
+        status, err, _ = explain_json(url, {"image_id": r["image_id"], "methods": [method]})
+        assert status == 400
+        for w in words:
+            assert w in err["error"]
+
+
+def test_bad_json_unknown_ids_and_paths(server):
+    url, _, _ = server
+    status, r, _ = call(url, "/api/explain", b"{not json", headers={"content-type": "application/json"})
+    assert status == 400 and "JSON" in r["error"]
+    status, r, _ = explain_json(url, {"image_id": "../../etc/passwd", "methods": [{"name": "gradient"}]})
+    assert status == 404 and "upload" in r["error"]
+    status, r, _ = explain_json(url, {"image_id": "0" * 32, "methods": [{"name": "gradient"}]})
+    assert status == 404 and "no longer in memory" in r["error"]
+    for path in ("/static/..%2F..%2Fapp.py", "/static/index.html", "/static/core.py", "/api/jobs/" + "0" * 32,
+                 "/api/jobs/" + "0" * 32 + "/files/saliency.pt", "/api/images/..%2Fx.png", "/etc/passwd"):
+        status, r, _ = call(url, path)
+        assert status == 404, path
+        assert "error" in r
+
+
+def test_no_path_from_a_request_is_opened(server, tmp_path, monkeypatch):
+    url, _, _ = server
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png(photo(5)))
+    opened = []
+    real_open, real_pil_open = builtins.open, Image.open
+
+    def spy_open(file, *a, **k):
+        opened.append(str(file))
+        return real_open(file, *a, **k)
+
+    def spy_pil(fp, *a, **k):
+        opened.append(str(fp))
+        return real_pil_open(fp, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", spy_open)
+    monkeypatch.setattr(Image, "open", spy_pil)
+    q = urllib.parse.quote(str(secret))
+    assert call(url, f"/api/image?sample={q}", b"", method="POST")[0] == 400
+    status, _r, _ = call(url, f"/api/image?name={q}", str(secret).encode(), headers={"content-type": "image/png"})
+    assert status == 400   # the body is the path's text, not an image; the path is not followed
+    assert explain_json(url, {"image_id": str(secret), "methods": [{"name": "gradient"}]})[0] == 404
+    assert call(url, f"/static/{q}")[0] == 404
+    assert not any(str(secret) in o for o in opened), opened
+
+
+# ---- running methods ----------------------------------------------------------------------------
+
+def test_served_maps_and_tensors_match_explain(server, tmp_path, monkeypatch):
+    url, _, model = server
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # any temporary file would land here
+    arr = photo(6)
+    _, r, _ = upload(url, png(arr))
+    before = model_state(model)
+    status, j, _ = explain_json(url, {"image_id": r["image_id"], "target": 2,
+                                      "methods": [{"name": "gradient"}, {"name": "positive"},
+                                                  {"name": "smoothgrad", "options": {"n_samples": 3,
+                                                                                     "noise_level": 0.1}}]})
+    assert status == 200, j
+    st = wait_job(url, j["job"])
+    assert st["state"] == "done", st
+    assert st["progress"] == 1.0
+    res = st["result"]
+    assert [m["name"] for m in res["methods"]] == ["gradient", "positive", "smoothgrad"]
+    assert res["target"] == 2 and all(m["target"] == 2 for m in res["methods"])
+    assert_same_state(before, model_state(model))
+    assert list(tmp_path.iterdir()) == []
+
+    status, blob, _ = call(url, res["files"]["saliency.pt"])
+    assert status == 200
+    saved = torch.load(io.BytesIO(blob), weights_only=False)
+    x = saliencekit.load_images(arr, preprocessing=get_preprocessing(model))
+    assert torch.allclose(saved["input"], x, atol=1e-6)
+    for name, opts in (("gradient", {}), ("positive", {}), ("smoothgrad", {"n_samples": 3, "noise_level": 0.1})):
+        ref = saliencekit.explain(model, x, name, target=2, seed=0, **opts)
+        torch.testing.assert_close(saved["methods"][name]["attributions"], ref.attributions, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(saved["methods"][name]["heatmap"], ref.heatmap(), rtol=1e-5, atol=1e-6)
+    by = {m["name"]: m for m in res["methods"]}
+    # the gradient has both signs, so a diverging view is offered; the positive map has one sign
+    assert "signed_png" in by["gradient"] and "signed_png" not in by["positive"]
+    for m in res["methods"]:
+        status, body, hdrs = call(url, res["files"][m["png"]])
+        assert status == 200 and hdrs["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(body)).size == (224, 224)
+    status, body, hdrs = call(url, res["files"]["gradient.png"] + "?download=1")
+    assert 'attachment; filename="gradient.png"' == hdrs["content-disposition"]
+    assert res["metrics"] is False and "deletion" not in by["gradient"]   # not requested
+
+
+def test_metrics_curves_when_available(server):
+    url, _, model = server
+    fns = load_metrics()
+    if fns is None:
+        pytest.skip("saliencekit.metrics (deletion / insertion) is not available yet")
+    _, r, _ = call(url, "/api/image?sample=stripes", b"", method="POST")
+    _status, j, _ = explain_json(url, {"image_id": r["image_id"], "target": 1, "methods": [{"name": "gradient"}],
+                                      "metrics": True, "metric_steps": 8})
+    st = wait_job(url, j["job"])
+    assert st["state"] == "done", st
+    m = st["result"]["methods"][0]
+    step = st["result"]["metric_step"]
+    assert step == 224 * 224 // 8
+    saved = torch.load(io.BytesIO(call(url, st["result"]["files"]["saliency.pt"])[1]), weights_only=False)
+    x = saved["input"]
+    heat = saved["methods"]["gradient"]["heatmap"]
+    ref_del = fns[0](model, x, heat, target=1, step=step)
+    ref_ins = fns[1](model, x, heat, target=1, step=step)
+    ref_del = getattr(ref_del, "auc", ref_del)
+    ref_ins = getattr(ref_ins, "auc", ref_ins)
+    assert m["deletion"]["auc"] == pytest.approx(float(ref_del[0]), abs=1e-6)
+    assert m["insertion"]["auc"] == pytest.approx(float(ref_ins[0]), abs=1e-6)
+    if "curve" in m["deletion"]:
+        assert len(m["deletion"]["curve"]) == 9 and m["deletion"]["fractions"][-1] == pytest.approx(1.0)
+
+
+def test_second_request_is_queued_not_lost_and_a_full_queue_says_so(server):
+    url, _app, model = server
+    _, r, _ = call(url, "/api/image?sample=stripes", b"", method="POST")
+    body = {"image_id": r["image_id"], "methods": [{"name": "gradient"}]}
+    model.gate, model.entered = threading.Event(), threading.Event()
+    try:
+        _, a, _ = explain_json(url, body)
+        assert model.entered.wait(30)
+        sa = call(url, f"/api/jobs/{a['job']}")[1]
+        assert sa["state"] == "running"
+        _, b, _ = explain_json(url, dict(body, target=3))
+        sb = call(url, f"/api/jobs/{b['job']}")[1]
+        assert sb["state"] == "queued" and sb["ahead"] == 1
+        _, c, _ = explain_json(url, dict(body, target=4))
+        assert call(url, f"/api/jobs/{c['job']}")[1]["ahead"] == 2
+        status, d, _ = explain_json(url, body)        # max_pending=2: the third waiting run is refused
+        assert status == 429 and "busy" in d["error"]
+    finally:
+        model.gate.set()
+    model.gate = None
+    ra, rb, rc = (wait_job(url, j["job"]) for j in (a, b, c))
+    assert ra["state"] == rb["state"] == rc["state"] == "done"
+    assert rb["result"]["target"] == 3 and rc["result"]["target"] == 4
+
+
+def test_progress_is_reported_per_method():
+    model = tiny()
+    ex = Explorer(model, "tiny", samples=SAMPLES)
+    image_id, stored = ex.add_sample("stripes")
+    req = ex.parse_request({"image_id": image_id, "methods": [{"name": "gradient"},
+                                                              {"name": "smoothgrad", "options": {"n_samples": 4}}]})
+    assert isinstance(req, Request) and req.target == stored.top5[0]["index"]
+    seen = []
+    ex.run(req, progress=lambda f, stage: seen.append((f, stage)))
+    fracs = [f for f, _ in seen]
+    assert fracs == sorted(fracs) and fracs[-1] == 1.0
+    assert any(0.5 < f < 1.0 and s == "smoothgrad" for f, s in seen)   # inside the second method
+    assert {s for _, s in seen} >= {"gradient", "smoothgrad", "done"}
+
+
+def test_job_queue_reports_errors_without_tracebacks():
+    q = JobQueue(user_error=InputError)
+    try:
+        a = q.submit(lambda p: (_ for _ in ()).throw(InputError("smoothgrad: bad option")))
+        b = q.submit(lambda p: 1 / 0)
+        c = q.submit(lambda p: "fine")
+        sa, sb, sc = q.wait(a, 10), q.wait(b, 10), q.wait(c, 10)
+        assert sa["state"] == "error" and sa["error"] == "smoothgrad: bad option"
+        assert sb["state"] == "error" and "ZeroDivision" not in sb["error"] and "Traceback" not in sb["error"]
+        assert sc["state"] == "done" and q.result(c) == "fine"
+    finally:
+        q.stop()
+
+
+# ---- CLI ------------------------------------------------------------------------------------------
+
+def test_cli_serve_defaults_to_loopback(monkeypatch):
+    import uvicorn
+    from click.testing import CliRunner
+
+    from saliencekit import cli, models
+
+    calls = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **k: calls.update(app=app, host=host, port=port))
+    monkeypatch.setattr(models, "load_model", lambda name, device="cpu": tiny())
+    res = CliRunner().invoke(cli.main, ["serve"])
+    assert res.exit_code == 0, res.output
+    assert calls["host"] == "127.0.0.1" and calls["port"] == 7860
+    assert "http://127.0.0.1:7860/" in res.output
+    calls.clear()
+    res = CliRunner().invoke(cli.main, ["serve", "--host", "0.0.0.0", "--port", "8123"])
+    assert res.exit_code == 0 and calls["host"] == "0.0.0.0" and "warning" in res.output
+    res = CliRunner().invoke(cli.main, ["serve", "--port", "70000"])
+    assert res.exit_code != 0 and "--port" in res.output
+    if not torch.cuda.is_available():
+        res = CliRunner().invoke(cli.main, ["serve", "--device", "cuda"])
+        assert res.exit_code != 0 and "CUDA is not available" in res.output
