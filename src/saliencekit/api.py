@@ -103,7 +103,7 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target: Any = "predi
         if is_custom_target(target):
             if spec.class_target_only:
                 raise ValueError(f"target: method {method!r} explains a class; pass a class index or 'predicted'")
-            score = CustomScore(target)
+            score = CustomScore(target.bind(model) if hasattr(target, "bind") else target)  # Units by name
             classes = None
         else:
             classes = resolve_classes(target, clean)

@@ -26,14 +26,20 @@ def capture(modules: Iterable[nn.Module]):
 
     def make_hook(mod):
         def hook(_module, _inputs, output):
-            if isinstance(output, (tuple, list)):
-                output = output[0]
+            seq = output if isinstance(output, (tuple, list)) else None
+            if seq is not None:
+                output = seq[0] if seq else None
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"layer: the output of {type(mod).__name__} is not a tensor")
             store[mod] = output
-            if output.requires_grad:
+            # Downstream always gets a clone (with or without grad), so an in-place op after the
+            # layer never changes the stored tensor; tuple outputs keep their structure.
+            if seq is None:
                 return output.clone()
-            return None
+            items = [output.clone(), *seq[1:]]
+            if type(seq) in (tuple, list):
+                return type(seq)(items)
+            return type(seq)(*items)  # a namedtuple
         return hook
 
     try:

@@ -1,0 +1,279 @@
+"""Grad-CAM, Grad-CAM++ and Smooth Grad-CAM++ (METHODS.md section 4), batched through the engine.
+
+Notation: ``A`` = the chosen layer's output on the clean input (K maps), ``g = d score / d A``.
+
+- ``gradcam``: ``w_k = mean_ij g_kij``; map ``ReLU(sum_k w_k A_k)``.
+- ``gradcampp``: ``alpha = g^2 / (2 g^2 + (sum_ab A_kab) g^3)`` (0 where the denominator is 0),
+  ``w_k = sum_ij alpha_kij ReLU(g_kij)`` (the paper's closed form, as in the authors' code).
+- ``smoothgradcampp``: ``D1, D2, D3`` = means of ``g_m, g_m^2, g_m^3`` over ``n_samples`` noisy
+  copies ``x + eps_m`` (eps ~ N(0, sigma^2), sigma = ``noise_level`` * (max - min) of the image, or
+  ``stdev``); ``alpha = D2 / (2 D2 + (sum_ab A) D3)`` (``alpha_numerator="d1"``: the paper's
+  printed D1 numerator), ``w_k = sum_ij alpha ReLU(D1)``, with ``A`` from the clean input.
+
+All noisy copies of all images go through the engine in chunks: one forward and one
+``autograd.grad`` to the captured layer output per chunk, with streaming sums of g, g^2, g^3.
+The layer is captured by a forward hook that keeps the layer's output and hands the rest of the
+network a clone (``hooks.capture``), so in-place ops after the layer are harmless; the hook is
+removed in ``finally``. ``channels`` restricts the weighted sum to those feature maps. Token
+layers (B x N x C) are re-gridded after dropping ``prefix_tokens`` leading tokens (automatic:
+the smallest count leaving a grid with the input's aspect ratio, e.g. 1 for a class token).
+
+Attributions: B x 1 x H x W, the map upsampled bilinearly (``align_corners=False``), not
+normalised; ``extras["cam"]`` keeps the layer-resolution map, ``extras["weights"]`` the w_k.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import engine, noise
+from ..hooks import resolve_layer
+from ..units import as_grid
+from .base import Context, choice, noise_sigma, positive_int, register
+
+CAM_DEFAULTS = {"layer": None, "channels": None, "relu": True, "prefix_tokens": None, "score": "logit"}
+SMOOTH_DEFAULTS = dict(CAM_DEFAULTS, n_samples=25, noise_level=0.15, stdev=None, alpha_numerator="d2")
+CAM_HEATMAP = {"sign": "abs", "channels": "sum", "clip": None, "normalize": True}
+
+
+# ---- layers ------------------------------------------------------------------------------------
+
+def _trace(model: nn.Module, x: torch.Tensor):
+    order: dict[nn.Module, tuple[str, tuple[int, ...], torch.Tensor]] = {}
+    names = {m: n for n, m in model.named_modules() if n}
+    handles = []
+
+    def make(mod):
+        def hook(_m, _i, out):
+            if isinstance(out, (tuple, list)) and out:
+                out = out[0]
+            if isinstance(out, torch.Tensor):
+                order.pop(mod, None)
+                order[mod] = (names[mod], tuple(out.shape), out)
+        return hook
+
+    with engine.model_guard(model):
+        try:
+            for m in names:
+                handles.append(m.register_forward_hook(make(m)))
+            with torch.no_grad():
+                model(x)
+        finally:
+            for h in handles:
+                h.remove()
+    return [(n, m, s, o) for m, (n, s, o) in order.items()]
+
+
+def layer_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+    """``(name, module, output shape)`` of every submodule, in the order their forwards finish.
+
+    One no-grad forward of ``x`` with the model in eval mode; hooks are removed and the model's
+    state is restored afterwards. A module called several times is listed at its last call.
+    """
+    return [(n, m, s) for n, m, s, _ in _trace(model, x)]
+
+
+def is_spatial(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 4 and shape[2] * shape[3] > 1
+
+
+_AUTO_CACHE: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+
+
+def find_cam_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
+    """The automatic CAM layer: the last module (in execution order) with a 4-D spatial output.
+
+    Modules after global pooling have 1 x 1 or 2-D outputs, so this is the last feature layer
+    before pooling. Cached per model and input shape.
+    """
+    key = (tuple(x.shape[1:]), x.dtype, str(x.device))
+    cache = _AUTO_CACHE.setdefault(model, {})
+    if key in cache:
+        name = cache[key]
+        mod = dict(model.named_modules()).get(name)
+        if mod is not None:
+            return name, mod
+    found = [(n, m, o) for n, m, s, o in _trace(model, x[:1]) if is_spatial(s)]
+    if not found:
+        raise ValueError("layer: the model has no module with a 4-D spatial output (B x C x H x W); pass layer= "
+                         "(for a vision transformer, a block's token output, e.g. 'blocks.11.norm1'); "
+                         "`saliencekit layers` lists the candidates")
+    k = len(found) - 1
+    # A container (Sequential, a block) returning its last child's output tensor: name the child.
+    while k > 0 and found[k - 1][0].startswith(found[k][0] + ".") and found[k - 1][2] is found[k][2]:
+        k -= 1
+    name, mod = found[k][0], found[k][1]
+    cache[key] = name
+    return name, mod
+
+
+def _layer(ctx: Context, layer) -> tuple[str, nn.Module]:
+    if layer is None:
+        return find_cam_layer(ctx.model, ctx.x)
+    mod = resolve_layer(ctx.model, layer)
+    if isinstance(layer, str):
+        return layer, mod
+    return next(n for n, m in ctx.model.named_modules() if m is mod), mod
+
+
+def _channels(channels, k: int) -> list[int] | None:
+    if channels is None:
+        return None
+    if isinstance(channels, torch.Tensor):
+        channels = channels.reshape(-1).tolist()
+    if isinstance(channels, (int, str, bytes)) or not hasattr(channels, "__iter__"):
+        raise TypeError(f"channels: expected a sequence of feature-map indices, got {type(channels).__name__}")
+    out = list(channels)
+    if not out:
+        raise ValueError("channels: expected at least one feature-map index")
+    for c in out:
+        if isinstance(c, bool) or not isinstance(c, int):
+            raise TypeError(f"channels: expected int indices, got {c!r}")
+        if not -k <= c < k:
+            raise ValueError(f"channels: index {c} is out of range for a layer with {k} feature maps")
+    return [c % k for c in out]
+
+
+# ---- the computation ---------------------------------------------------------------------------
+
+class _Recorder:
+    """Wraps the call's score: also captures the CAM layer and (optionally) keeps its activation."""
+
+    def __init__(self, score, site: nn.Module, keep: bool):
+        self.score = score
+        self.site = site
+        self.keep = keep
+        self.layers = tuple(dict.fromkeys((site,) + tuple(getattr(score, "layers", ()) or ())))
+        self.acts: dict[int, torch.Tensor] = {}
+
+    def rows(self, outputs, image_index, captures):
+        if self.keep:
+            a = captures.get(self.site)
+            if a is None:
+                raise RuntimeError("layer: the chosen layer was not executed in the forward pass")
+            a = a.detach()
+            for r, i in enumerate(image_index.tolist()):
+                self.acts[i] = a[r].clone()
+        return self.score.rows(outputs, image_index, captures)
+
+
+def _run(ctx: Context, plan, on_sample, site, score, name):
+    try:
+        ctx.run(plan, on_sample, site=site, score=score)
+    except RuntimeError as e:
+        msg = str(e)
+        if "not have been used in the graph" in msg or "does not require grad" in msg:
+            raise ValueError(f"target: the explained score does not depend on layer {name!r} (a unit target "
+                             f"upstream of the CAM layer?)") from None
+        raise
+
+
+def cam_maps(ctx: Context, mode: str, layer, channels, relu, prefix_tokens, n_samples: int = 1,
+             sigma: torch.Tensor | None = None, alpha_numerator: str = "d2"):
+    """The shared core: gradients at the layer (clean or noisy), then the CAM formula."""
+    name, site = _layer(ctx, layer)
+    x = ctx.x.detach()
+    n = ctx.n
+    H, W = x.shape[-2:]
+    aspect = H / W
+
+    def grid(t):  # one image's layer tensor (C x h x w or N x C) -> C x h x w, float
+        return as_grid(t[None], prefix_tokens, aspect)[0].float()
+
+    smooth = mode == "smoothgradcampp"
+    rec = _Recorder(ctx.score, site, keep=not smooth)
+    if smooth:  # A from the clean input (no gradient needed); channels checked before the noisy passes
+        clean = _Recorder(ctx.score, site, keep=True)
+        ctx.scores_at(x, torch.arange(n), score=clean)
+        _channels(channels, grid(clean.acts[0]).shape[0])
+    sums: list[list[torch.Tensor] | None] = [None] * n
+    powers = 1 if mode == "gradcam" else 3
+
+    def on_sample(i, j, g, point):
+        gg = grid(g)
+        if sums[i] is None:
+            sums[i] = [torch.zeros_like(gg) for _ in range(powers)]
+        s = sums[i]
+        s[0].add_(gg)
+        if powers == 3:
+            g2 = gg * gg
+            s[1].add_(g2)
+            s[2].add_(g2 * gg)
+
+    if smooth:
+        shape = x.shape[1:]
+
+        def make(img, smp, stp):
+            return torch.stack([x[i] + sigma[i] * ctx.normal(shape, i, j, noise.STREAM_CAM)
+                                for i, j in zip(img.tolist(), smp.tolist())])
+        plan = engine.Plan(n, n_samples, make)
+    else:
+        plan = engine.Plan(n, 1, lambda img, smp, stp: x[img.to(x.device)])
+    _run(ctx, plan, on_sample, site, rec, name)
+    acts = clean.acts if smooth else rec.acts
+
+    A = torch.stack([grid(acts[i]) for i in range(n)])                       # B x K x h x w
+    D = [torch.stack([sums[i][p] for i in range(n)]) / float(n_samples) for p in range(powers)]
+    if mode == "gradcam":
+        w = D[0].mean(dim=(2, 3))
+    else:
+        d1, d2, d3 = D
+        num = d2 if alpha_numerator == "d2" else d1
+        den = 2 * d2 + A.sum(dim=(2, 3), keepdim=True) * d3
+        nz = den != 0
+        alpha = torch.where(nz, num / torch.where(nz, den, torch.ones_like(den)), torch.zeros_like(den))
+        w = (alpha * d1.clamp(min=0)).sum(dim=(2, 3))
+    k = A.shape[1]
+    sel = _channels(channels, k)
+    wsel = w if sel is None else w[:, sel]
+    Asel = A if sel is None else A[:, sel]
+    cam = (wsel[:, :, None, None] * Asel).sum(1, keepdim=True)
+    if relu:
+        cam = cam.clamp(min=0)
+    up = F.interpolate(cam, size=(H, W), mode="bilinear", align_corners=False)
+    extras = {"cam": cam, "weights": w, "layer": name}
+    if sigma is not None:
+        extras["sigma"] = sigma
+    heat = dict(CAM_HEATMAP) if relu else dict(CAM_HEATMAP, sign="signed")
+    return {"attributions": up, "extras": extras, "heatmap": heat}
+
+
+def _check_common(layer, relu, prefix_tokens):
+    if not isinstance(relu, bool):
+        raise TypeError(f"relu: expected a bool, got {type(relu).__name__}")
+    if layer is not None and not isinstance(layer, (str, nn.Module)):
+        raise TypeError(f"layer: expected a module name (str), an nn.Module or None, got {type(layer).__name__}")
+    if prefix_tokens is not None and (isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int)
+                                      or prefix_tokens < 0):
+        raise ValueError(f"prefix_tokens: expected a non-negative int or None, got {prefix_tokens!r}")
+
+
+@register("gradcam", defaults=CAM_DEFAULTS, heatmap=CAM_HEATMAP)
+def gradcam(ctx: Context, layer, channels, relu, prefix_tokens, score):
+    """Grad-CAM (Selvaraju et al.): ReLU(sum_k mean_ij(g_k) A_k) at ``layer`` (default: last spatial layer)."""
+    _check_common(layer, relu, prefix_tokens)
+    return cam_maps(ctx, "gradcam", layer, channels, relu, prefix_tokens)
+
+
+@register("gradcampp", defaults=CAM_DEFAULTS, heatmap=CAM_HEATMAP)
+def gradcampp(ctx: Context, layer, channels, relu, prefix_tokens, score):
+    """Grad-CAM++ (Chattopadhyay et al.), closed form alpha = g^2 / (2 g^2 + sum_ab(A) g^3)."""
+    _check_common(layer, relu, prefix_tokens)
+    return cam_maps(ctx, "gradcampp", layer, channels, relu, prefix_tokens)
+
+
+@register("smoothgradcampp", defaults=SMOOTH_DEFAULTS, heatmap=CAM_HEATMAP, stochastic=True)
+def smoothgradcampp(ctx: Context, layer, channels, relu, prefix_tokens, score, n_samples, noise_level, stdev,
+                    alpha_numerator):
+    """Smooth Grad-CAM++ (Omeiza et al. 2019): Grad-CAM++ with D1, D2, D3 = means of g, g^2, g^3 over
+    ``n_samples`` noisy copies (sigma = ``noise_level`` x range, or ``stdev``); A from the clean input."""
+    _check_common(layer, relu, prefix_tokens)
+    positive_int("n_samples", n_samples)
+    choice("alpha_numerator", alpha_numerator, ("d2", "d1"))
+    sigma = noise_sigma(ctx, noise_level, stdev)
+    return cam_maps(ctx, "smoothgradcampp", layer, channels, relu, prefix_tokens, n_samples=n_samples,
+                    sigma=sigma, alpha_numerator=alpha_numerator)
