@@ -9,7 +9,8 @@ from typing import Any, Dict, List, Optional
 
 import click
 
-DEFAULT_METHODS = ("gradient", "smoothgrad", "integrated_gradients", "smoothtaylor", "positive", "negative")
+DEFAULT_METHODS = ("gradient", "smoothgrad", "integrated_gradients", "smoothtaylor", "positive", "negative",
+                   "gradcam", "gradcampp", "smoothgradcampp")
 
 
 def _parse_value(text: str) -> Any:
