@@ -41,7 +41,17 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def served():
+def chromium():
+    """Checked before the server starts, so a machine without a browser skips at once."""
+    path = find_chromium()
+    if path is None:
+        pytest.skip("no Chromium found (/usr/bin/chromium); on Debian: apt-get install -y chromium")
+    pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+    return path
+
+
+@pytest.fixture
+def served(chromium):
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "saliencekit.cli", "serve", "--port", str(port)],
@@ -72,11 +82,8 @@ def served():
 
 
 @pytest.mark.slow
-def test_explorer_in_headless_chromium(served, tmp_path):
-    chromium = find_chromium()
-    if chromium is None:
-        pytest.skip("no Chromium found (/usr/bin/chromium); on Debian: apt-get install -y chromium")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+def test_explorer_in_headless_chromium(chromium, served, tmp_path):
+    from playwright import sync_api
 
     import skimage.data
 

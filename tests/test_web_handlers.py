@@ -337,7 +337,7 @@ def test_served_maps_and_tensors_match_explain(server, tmp_path, monkeypatch):
 
     status, blob, _ = call(url, res["files"]["saliency.pt"])
     assert status == 200
-    saved = torch.load(io.BytesIO(blob), weights_only=False)
+    saved = torch.load(io.BytesIO(blob), weights_only=True)   # plain tensors, numbers and strings only
     x = saliencekit.load_images(arr, preprocessing=get_preprocessing(model))
     assert torch.allclose(saved["input"], x, atol=1e-6)
     for name, opts in (("gradient", {}), ("positive", {}), ("smoothgrad", {"n_samples": 3, "noise_level": 0.1})):
@@ -369,7 +369,7 @@ def test_metrics_curves_when_available(server):
     m = st["result"]["methods"][0]
     step = st["result"]["metric_step"]
     assert step == 224 * 224 // 8
-    saved = torch.load(io.BytesIO(call(url, st["result"]["files"]["saliency.pt"])[1]), weights_only=False)
+    saved = torch.load(io.BytesIO(call(url, st["result"]["files"]["saliency.pt"])[1]), weights_only=True)
     x = saved["input"]
     heat = saved["methods"]["gradient"]["heatmap"]
     ref_del = fns[0](model, x, heat, target=1, step=step)
