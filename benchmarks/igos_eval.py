@@ -47,7 +47,8 @@ def compute_maps(args):
         if p.exists():
             continue
         t0 = time.perf_counter()
-        e = sk.explain(model, x[a:b], "igos", mask_size=args.mask_size, batch_size=args.batch_size, seed=0, **opts)
+        e = sk.explain(model, x[a:b], "igos", mask_size=args.mask_size, batch_size=args.batch_size, seed=0,
+                       image_ids=list(range(a, b)), **opts)
         dt = time.perf_counter() - t0
         torch.save({"heatmap": e.heatmap(), "mask": e.extras["mask"], "objective": e.extras["objective"],
                     "targets": e.targets, "time_s": dt, "images": (a, b), "options": opts}, p)

@@ -114,6 +114,9 @@ def test_one_image_does_not_change_another(edge):
     # the first image alone gives the same result as inside the batch
     c = sk.explain(model, x[:1], "igos", mask_size=7, seed=2, target=0, **TOY)
     assert torch.equal(c.attributions[0], a.attributions[0])
+    # an image explained alone under its id gets the same map as inside the batch
+    d = sk.explain(model, x[2:], "igos", mask_size=7, seed=2, target=0, image_ids=[2], **TOY)
+    assert torch.equal(d.attributions[0], a.attributions[2])
 
 
 def test_direction_equals_autograd_of_path_averaged_objective(tiny_cnn, images):
@@ -125,7 +128,7 @@ def test_direction_equals_autograd_of_path_averaged_objective(tiny_cnn, images):
     base = blurred_baseline(ctx, 9, 3.0)
     m0 = torch.rand(2, 1, 5, 6, generator=torch.Generator().manual_seed(0))
     opt = IGOS(ctx, (5, 6), ig_steps=S, l1=l1, tv=tv, tv_beta=beta, noise_sigma=sigma, baseline=base)
-    got = opt.direction(m0, it)
+    got, value = opt.direction(m0, it)
 
     # reference: autograd of (1/S) sum_s p_c(x~ + (s/S) up(M) (x - x~) + n_s) + l1 L1 + tv TV, per image
     m = m0.clone().requires_grad_(True)
@@ -139,7 +142,11 @@ def test_direction_equals_autograd_of_path_averaged_objective(tiny_cnn, images):
     l1_term = (1 - m).abs().flatten(1).mean(1)
     tv_term = ((m[:, :, 1:] - m[:, :, :-1]).abs() ** beta).flatten(1).mean(1) + \
         ((m[..., 1:] - m[..., :-1]).abs() ** beta).flatten(1).mean(1)
-    ref, = torch.autograd.grad((total + l1 * l1_term + tv * tv_term).sum(), m)
+    objective = total + l1 * l1_term + tv * tv_term
+    ref, = torch.autograd.grad(objective.sum(), m)
+    # the path objective's value comes from the same forward passes, and path_objective() agrees
+    assert torch.allclose(value, objective.detach(), atol=1e-6)
+    assert torch.allclose(opt.path_objective(m0, torch.arange(2), it), objective.detach(), atol=1e-6)
     assert got.shape == (2, 1, 5, 6)
     assert torch.allclose(got, ref, rtol=1e-4, atol=1e-7)
     assert ref.abs().max() > 1e-3

@@ -116,15 +116,15 @@ class IGOS:
     def _points(self, up: torch.Tensor, img: torch.Tensor, stp: torch.Tensor, iteration: int) -> torch.Tensor:
         """Path points x~ + (s/S) up (x - x~) + n_s for rows (image img, step index stp = s - 1).
 
-        ``up`` is indexed by ``img``; the noise is a pure function of (seed, image, iteration*S + stp).
+        ``up`` is indexed by ``img``; the noise is a pure function of (seed, the image's id,
+        iteration*S + stp), so neither the chunk size nor the rest of the batch changes it.
         """
         x, S = self.x, self.S
         img_d, stp_d = img.to(x.device), stp.to(x.device)
         alpha = (stp_d.to(x.dtype) + 1) / S
         pts = self.base[img_d] + alpha.view(-1, 1, 1, 1) * up * self.diff[img_d]
         if self.sigma > 0:
-            eps = torch.stack([noise.normal(x.shape[1:], self.ctx.seed, i, iteration * S + s, stream=noise.STREAM_IGOS,
-                                            device=x.device, dtype=x.dtype)
+            eps = torch.stack([self.ctx.normal(x.shape[1:], i, iteration * S + s, noise.STREAM_IGOS)
                                for i, s in zip(img.tolist(), stp.tolist())])
             pts = pts + self.sigma * eps
         return pts
@@ -147,8 +147,9 @@ class IGOS:
                 out[a:b] = sc.to(out.device)
             return out + regulariser(masks.float(), self.l1, self.tv, self.tv_beta).to(out.device)
 
-    def direction(self, masks: torch.Tensor, iteration: int) -> torch.Tensor:
-        """Gradient w.r.t. M of the noisy path-averaged score plus the regularisers (B x 1 x h x w)."""
+    def direction(self, masks: torch.Tensor, iteration: int):
+        """Gradient w.r.t. M of the noisy path-averaged score plus the regularisers (B x 1 x h x w),
+        and the value of that path objective at ``masks`` (B), read off the same forward passes."""
         x, S = self.x, self.S
         n = x.shape[0]
         up = self._up(masks.detach())
@@ -162,16 +163,19 @@ class IGOS:
         def on_sample(i, j, g, point):
             g_up[i, 0] = (g * self.diff[i].float()).sum(0)
 
+        rec = _Recorder(self.ctx.score)
         weights = [(s / S) / S for s in range(1, S + 1)]
-        self.ctx.run(engine.Plan(n, 1, make, n_steps=S, step_weights=weights), on_sample)
+        self.ctx.run(engine.Plan(n, 1, make, n_steps=S, step_weights=weights), on_sample, score=rec)
+        path_scores = torch.cat(rec.values).float().view(n, S).mean(1).to(masks.device)
         with torch.enable_grad():
             m = masks.detach().float().requires_grad_(True)
             u = upsample(m, self.size)
             d_score, = torch.autograd.grad(u, m, grad_outputs=g_up)
+            reg = regulariser(m, self.l1, self.tv, self.tv_beta)
             if self.l1 or self.tv:
-                d_reg, = torch.autograd.grad(regulariser(m, self.l1, self.tv, self.tv_beta).sum(), m)
+                d_reg, = torch.autograd.grad(reg.sum(), m)
                 d_score = d_score + d_reg
-        return d_score.detach()
+        return d_score.detach(), path_scores + reg.detach().to(path_scores.device)
 
     def line_search(self, masks: torch.Tensor, d: torch.Tensor, f0: torch.Tensor, step_init: float, objective):
         """Armijo backtracking per image on ``objective(masks, index)`` (``f0`` its value at
@@ -199,6 +203,20 @@ class IGOS:
         return new_m, new_f, step
 
 
+class _Recorder:
+    """Wraps the score: records each chunk's selected scores (rows arrive in (image, step) order)."""
+
+    def __init__(self, score):
+        self.score = score
+        self.layers = tuple(getattr(score, "layers", ()) or ())
+        self.values = []
+
+    def rows(self, outputs, image_index, captures=None):
+        r = self.score.rows(outputs, image_index, captures)
+        self.values.append(r.detach())
+        return r
+
+
 def run_igos(ctx: Context, *, mask_hw, iterations: int, ig_steps: int, l1: float, tv: float, tv_beta: float,
              noise_sigma: float, step_init: float, baseline: torch.Tensor, line_search: str = "path"):
     """Optimise all images' masks together.
@@ -217,14 +235,14 @@ def run_igos(ctx: Context, *, mask_hw, iterations: int, ig_steps: int, l1: float
     f = opt.objective(masks, idx).to(dev)
     trace, steps = [f], []
     for it in range(iterations):
-        d = opt.direction(masks, it)
+        d, f_path = opt.direction(masks, it)
         if line_search == "plain":
             masks, f, step = opt.line_search(masks, d, f, step_init, opt.objective)
         else:
             def obj(m, index, it=it):
                 return opt.path_objective(m, index, it)
 
-            masks, _, step = opt.line_search(masks, d, obj(masks, idx), step_init, obj)
+            masks, _, step = opt.line_search(masks, d, f_path, step_init, obj)
             f = opt.objective(masks, idx).to(dev)
         trace.append(f)
         steps.append(step)
