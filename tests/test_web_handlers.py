@@ -196,6 +196,26 @@ def test_upload_size_limit_announced_and_streamed(server):
     conn.close()
 
 
+def test_body_reading_stops_at_the_limit():
+    """A streamed body is refused as soon as it passes the limit, not after buffering all of it."""
+    import asyncio
+
+    from starlette.requests import Request as StarletteRequest
+
+    from saliencekit.web.app import _read_limited
+
+    pulled = []
+
+    async def receive():
+        pulled.append(1)
+        return {"type": "http.request", "body": bytes(60), "more_body": len(pulled) < 1000}
+
+    req = StarletteRequest({"type": "http", "method": "POST", "path": "/api/image", "headers": []}, receive)
+    with pytest.raises(InputError) as e:
+        asyncio.run(_read_limited(req, 100, "upload"))
+    assert e.value.status == 413 and len(pulled) == 2
+
+
 def test_huge_image_downscaled_with_a_note_and_pixel_bombs_refused(server):
     url, _, _ = server
     wide = np.zeros((60, 3000, 3), np.uint8)
@@ -226,6 +246,22 @@ def test_grayscale_rgba_and_palette_are_converted(server):
     pal = Image.fromarray(photo(4, (64, 64))).convert("P")
     im, notes = decode_image(png(pal))
     assert im.mode == "RGB" and any("palette" in n for n in notes)
+
+
+def test_exif_orientation_is_applied(server):
+    url, _, _ = server
+    arr = np.zeros((60, 120, 3), np.uint8)
+    arr[:, :60] = (255, 0, 0)                     # stored landscape: red left half, black right half
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = 6                              # orientation: rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", exif=exif.tobytes(), quality=95)
+    status, r, _ = upload(url, buf.getvalue(), "portrait.jpg")
+    assert status == 200
+    assert "60x120" in r["crop"]                  # displayed as portrait: 60 wide, 120 high
+    prev = np.asarray(Image.open(io.BytesIO(call(url, r["preview"])[1]))).astype(int)
+    assert prev[10, 112, 0] > 200 and prev[-10, 112, 0] < 60   # red on top after rotation, black below
 
 
 @pytest.mark.parametrize("patch, words", [
@@ -354,6 +390,27 @@ def test_served_maps_and_tensors_match_explain(server, tmp_path, monkeypatch):
     status, body, hdrs = call(url, res["files"]["gradient.png"] + "?download=1")
     assert 'attachment; filename="gradient.png"' == hdrs["content-disposition"]
     assert res["metrics"] is False and "deletion" not in by["gradient"]   # not requested
+
+
+def test_cam_layer_from_the_page_is_the_layer_used(server):
+    url, app, model = server
+    if "gradcam" not in saliencekit.methods():
+        pytest.skip("gradcam is not registered yet")
+    layers = app.state.explorer.layers
+    assert {"features.0", "features.1", "features.3"} <= set(layers)
+    assert "features.2" not in layers and "features.4" not in layers   # parameter-free ReLUs are not offered
+    arr = photo(7)
+    _, r, _ = upload(url, png(arr))
+    _, j, _ = explain_json(url, {"image_id": r["image_id"], "target": 0,
+                                 "methods": [{"name": "gradcam", "options": {"layer": "features.0"}}]})
+    st = wait_job(url, j["job"])
+    assert st["state"] == "done", st
+    saved = torch.load(io.BytesIO(call(url, st["result"]["files"]["saliency.pt"])[1]), weights_only=True)
+    x = saliencekit.load_images(arr, preprocessing=get_preprocessing(model))
+    for layer, same in (("features.0", True), ("features.3", False)):
+        ref = saliencekit.explain(model, x, "gradcam", target=0, layer=layer)
+        got = saved["methods"]["gradcam"]["attributions"]
+        assert (got.shape == ref.attributions.shape and torch.allclose(got, ref.attributions, atol=1e-6)) is same
 
 
 def test_metrics_curves_when_available(server):

@@ -263,8 +263,9 @@ class Result:
     files: Dict[str, Tuple[bytes, str]] = field(default_factory=dict)   # name -> (bytes, media type)
 
 
-def _is_spatial_module(m: torch.nn.Module) -> bool:
-    return not isinstance(m, (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.Dropout, torch.nn.Identity))
+def _has_parameters(m: torch.nn.Module) -> bool:
+    """Layers worth offering for a CAM: with weights (convs, norms, blocks), not activations or padding."""
+    return next(m.parameters(), None) is not None
 
 
 class Explorer:
@@ -308,7 +309,7 @@ class Explorer:
         handles = []
         s = self.spec.size or 224
         mods = [(n, m) for n, m in self._predictor.named_modules() if n and n.count(".") < max_depth
-                and _is_spatial_module(m)]
+                and _has_parameters(m)]
 
         def hook_for(name):
             def hook(_m, _i, out):
