@@ -111,7 +111,10 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target: Any = "predi
         ctx = Context(model=model, x=x, score=score, classes=classes, clean_outputs=clean.detach(),
                       seed=seed_int, batch_size=batch_size, preprocessing=spec_pp, progress=progress,
                       image_ids=image_ids)
-        clean_scores = ctx.scores_at(x, torch.arange(x.shape[0]))
+        if classes is not None:  # class scores come from the clean forward above (no second forward)
+            clean_scores = score.rows(clean, torch.arange(x.shape[0], device=clean.device)).float()
+        else:
+            clean_scores = ctx.scores_at(x, torch.arange(x.shape[0]))
         result = spec.fn(ctx, **opts)
     elapsed = time.perf_counter() - t0
     targets = classes.detach().clone() if classes is not None else torch.full((x.shape[0],), -1, dtype=torch.long)
