@@ -83,9 +83,8 @@ def served(chromium):
 
 @pytest.mark.slow
 def test_explorer_in_headless_chromium(chromium, served, tmp_path):
-    from playwright import sync_api
-
     import skimage.data
+    from playwright import sync_api
 
     import saliencekit
 
@@ -125,10 +124,16 @@ def test_explorer_in_headless_chromium(chromium, served, tmp_path):
                 want = box.get_attribute("data-method") in ("smoothgrad", cam)
                 if box.is_checked() != want:
                     box.click()
+            # an option out of range is answered on the page, and nothing runs
+            page.fill('[data-method-box="smoothgrad"] [data-param="n_samples"]', "0")
+            page.click("#run")
+            page.wait_for_selector("#error:not([hidden])")
+            assert "out of range" in page.inner_text("#error") and page.is_enabled("#run")
             page.fill('[data-method-box="smoothgrad"] [data-param="n_samples"]', "4")
             if page.is_visible("#metrics-box"):
                 page.fill("#metric-steps", "8")
             page.click("#run")
+            page.wait_for_selector("#error", state="hidden")
             for name in ("smoothgrad", cam):
                 sel = f'img.map[data-method="{name}"]'
                 page.wait_for_selector(sel)

@@ -18,9 +18,8 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import TinyCNN, _init, assert_same_state, model_state
+from PIL import Image
 
 import saliencekit
 from saliencekit.models import get_preprocessing

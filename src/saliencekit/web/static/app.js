@@ -182,11 +182,11 @@ async function run() {
   const req = collectRequest();
   if (req.methods.length === 0) { showError("Tick at least one method."); return; }
   let answer;
+  $("run").disabled = true;  // one run per page at a time; other tabs and users queue on the server
   try {
     answer = await api("/api/explain", { method: "POST", headers: { "content-type": "application/json" },
       body: JSON.stringify(req) });
-  } catch (err) { showError(err.message); return; }
-  $("run").disabled = true;
+  } catch (err) { showError(err.message); $("run").disabled = false; return; }
   $("progress").hidden = false;
   poll(answer.job);
 }
