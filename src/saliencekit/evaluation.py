@@ -1,0 +1,299 @@
+"""Dataset evaluation: methods x metrics over a list of images, in blocks, as long-format rows.
+
+``evaluate_images`` is the library core of ``saliencekit evaluate``. Every result depends only on
+``(seed, image)``: an image's noise (in the methods, through ``explain(image_ids=...)``, and in
+AUPC) is keyed by a stable id derived from its name, so any split of the images into blocks or
+shards (e.g. a later Ray backend) gives the same rows.
+
+Evaluation methods are names in ``EVAL_METHODS`` (variants of registered methods, e.g.
+``smoothgrad_square`` or ``ig_blur``), any registered method name, or ``random`` (a seeded
+uniform map, the baseline every faithful method should beat).
+
+Maps given to the metrics: the method's default heatmap (``Explanation.heatmap()``), except
+``original`` (max over channels of |gradient|, Llorente et al.) and signed methods (SmoothTaylor),
+whose map is |signed channel sum|. ``autvc`` follows the SmoothTaylor paper and measures the
+signed channel sum of the raw attributions for every input-space method (the heatmap for CAMs /
+I-GOS / random).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import metrics as M
+from . import noise
+from .methods.base import REGISTRY
+from .models import get_preprocessing
+
+# evaluation name -> (registered method, options, heatmap overrides)
+EVAL_METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "gradient": ("gradient", {}, {}),
+    "gradient_x_input": ("gradient_x_input", {}, {}),
+    "smoothgrad": ("smoothgrad", {"estimator": "mean"}, {}),
+    "smoothgrad_square": ("smoothgrad", {"estimator": "square"}, {}),
+    "smoothgrad_var": ("smoothgrad", {"estimator": "var"}, {}),
+    "ig_black": ("integrated_gradients", {"baseline": "black"}, {}),
+    "ig_blur": ("integrated_gradients", {"baseline": "blur"}, {}),
+    "smoothtaylor": ("smoothtaylor", {}, {}),
+    "smoothtaylor_adaptive": ("smoothtaylor", {"noise_scale": "adaptive"}, {}),
+    "original": ("gradient", {}, {"channels": "max", "clip": None}),
+    "positive": ("positive", {}, {}),
+    "negative": ("negative", {}, {}),
+    "active": ("active", {}, {}),
+    "inactive": ("inactive", {}, {}),
+    "gradcam": ("gradcam", {}, {}),
+    "gradcampp": ("gradcampp", {}, {}),
+    "smoothgradcampp": ("smoothgradcampp", {}, {}),
+    "igos": ("igos", {}, {}),
+}
+RANDOM = "random"
+WHITE_DELETION = ("negative", "inactive")  # allegiance mode "white" for these, "black" otherwise
+
+# metric name -> (higher is better?)
+METRICS: dict[str, bool] = {
+    "deletion": False, "insertion": True, "deletion_igos": False, "insertion_igos": True,
+    "aupc": False, "autvc": False, "allegiance": False,
+    "average_drop": False, "increase_in_confidence": True,
+}
+CURVE_METRICS = ("deletion", "insertion", "deletion_igos", "insertion_igos")
+
+
+def image_id(name: str) -> int:
+    """A stable 31-bit id for an image name (keys its noise)."""
+    return zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF
+
+
+def method_available(name: str) -> bool:
+    if name == RANDOM:
+        return True
+    base = EVAL_METHODS.get(name, (name,))[0]
+    return base in REGISTRY
+
+
+def resolve_method(name: str, method_options: dict[str, dict[str, Any]] | None = None):
+    """(registered method, options, heatmap overrides) for an evaluation name."""
+    if name == RANDOM:
+        return RANDOM, {}, {}
+    if name in EVAL_METHODS:
+        base, opts, hm = EVAL_METHODS[name]
+    elif name in REGISTRY:
+        base, opts, hm = name, {}, {}
+    else:
+        raise ValueError(f"methods: unknown method {name!r}; available: "
+                         f"{', '.join(sorted(set(available_methods())))}")
+    if base not in REGISTRY:
+        raise ValueError(f"methods: {name!r} needs the method {base!r}, which is not registered in this version")
+    opts = dict(opts)
+    mo = method_options or {}
+    for key in (base, name):  # options for the registered method, then for the evaluation name
+        for k, v in (mo.get(key) or {}).items():
+            if k in REGISTRY[base].defaults:
+                opts[k] = v
+            elif key == name:
+                raise ValueError(f"method option {name}.{k}: {base!r} has no option {k!r}")
+    return base, opts, dict(hm)
+
+
+def available_methods() -> list[str]:
+    return [n for n in list(EVAL_METHODS) + sorted(REGISTRY) + [RANDOM] if method_available(n)]
+
+
+@dataclass
+class EvalResult:
+    rows: list[dict[str, Any]] = field(default_factory=list)      # image, class_index, method, metric, value
+    curves: list[dict[str, Any]] = field(default_factory=list)    # image, method, metric, step, value
+    timings: list[dict[str, Any]] = field(default_factory=list)   # image, method, stage, seconds
+    extras: list[dict[str, Any]] = field(default_factory=list)    # image, method, key, value (e.g. sigma)
+
+
+def _fit(m: torch.Tensor, hw) -> torch.Tensor:
+    if m.dim() == 4:
+        m = m[:, 0] if m.shape[1] == 1 else m.sum(1)
+    if tuple(m.shape[-2:]) != tuple(hw):
+        m = F.interpolate(m[:, None].float(), size=tuple(hw), mode="bilinear", align_corners=False)[:, 0]
+    return m.float()
+
+
+def _maps(model, x, x01, name, classes, ids, seed, method_options, batch_size):
+    """(metric map B x H x W, TV map B x H x W, extras per image) for one method on one block."""
+    hw = x.shape[-2:]
+    if name == RANDOM:
+        m = torch.stack([noise.uniform(tuple(hw), seed, i, 0, stream=noise.STREAM_METRIC + 1000, device=x.device)
+                         for i in ids])
+        return m, m, [{} for _ in ids]
+    from .api import explain
+
+    base, opts, hm = resolve_method(name, method_options)
+    e = explain(model, x, base, target=classes, seed=seed, image_ids=ids, batch_size=batch_size,
+                keep_inputs=False, **opts)
+    if hm:
+        heat = e.heatmap(**hm)
+    elif e.signed:
+        heat = e.heatmap(sign="signed", clip=None, normalize=False).abs()
+    else:
+        heat = e.heatmap()
+    heat = _fit(heat, hw)
+    a = e.attributions
+    tv = a.sum(1).float() if (a.dim() == 4 and a.shape[1] == x.shape[1] and tuple(a.shape[-2:]) == tuple(hw)) \
+        else heat
+    extras = [{} for _ in ids]
+    if "sigma" in e.extras and isinstance(e.extras["sigma"], torch.Tensor):
+        for k, v in enumerate(e.extras["sigma"].reshape(-1).tolist()):
+            extras[k]["sigma"] = v
+    return heat, tv, extras
+
+
+def _metric(model, metric, x, x01, heat, tv, classes, ids, name, seed, opts, batch_size):
+    """(values B, curves B x P or None)."""
+    if metric in ("deletion", "insertion", "deletion_igos", "insertion_igos"):
+        fn = M.deletion if metric.startswith("deletion") else M.insertion
+        kw = dict(opts)
+        if metric.endswith("_igos"):
+            kw["protocol"] = "igos"
+        r = fn(model, x, heat, target=classes, return_curves=True, batch_size=batch_size, **kw)
+        return r.auc, r.curves
+    if metric == "aupc":
+        r = M.aupc(model, x, heat, target=classes, seed=seed, image_ids=ids, return_curves=True,
+                   batch_size=batch_size, **opts)
+        return r["auc"], None
+    if metric == "autvc":
+        return M.total_variation(tv, **opts)["autvc"], None
+    if metric == "allegiance":
+        mode = "white" if name in WHITE_DELETION else "black"
+        return M.allegiance(model, x01, heat, mode=mode, batch_size=batch_size, **opts), None
+    if metric == "average_drop":
+        return M.average_drop(model, x, heat, target=classes, batch_size=batch_size, **opts), None
+    if metric == "increase_in_confidence":
+        return M.increase_in_confidence(model, x, heat, target=classes, batch_size=batch_size, **opts), None
+    raise ValueError(f"metrics: unknown metric {metric!r}; available: {', '.join(METRICS)}")
+
+
+def check_names(methods: Sequence[str], metrics: Sequence[str]) -> None:
+    for m in methods:
+        resolve_method(m)
+    for k in metrics:
+        if k not in METRICS:
+            raise ValueError(f"metrics: unknown metric {k!r}; available: {', '.join(METRICS)}")
+
+
+def evaluate_images(model, images: Sequence[tuple[str, torch.Tensor]], methods: Sequence[str],
+                    metrics: Sequence[str], seed: int = 0, labels: dict[str, int] | None = None,
+                    target: str = "predicted", method_options: dict[str, dict[str, Any]] | None = None,
+                    metric_options: dict[str, dict[str, Any]] | None = None, block_size: int = 8,
+                    done: set | None = None, batch_size: int | None = None,
+                    progress: Callable[[int], None] | None = None,
+                    on_block: Callable[[EvalResult], None] | None = None) -> EvalResult:
+    """Evaluate ``methods`` x ``metrics`` on ``images`` (a list of ``(name, pixels C x H x W in [0, 1])``).
+
+    ``target``: ``"predicted"`` (top-1 on the clean image) or ``"label"`` (``labels[name]``).
+    ``done``: a set of ``(image, method)`` pairs to skip (resume). ``progress(k)`` is called after
+    each (block, method) with the number of images; ``on_block(result)`` after each block with
+    that block's rows (for incremental writing). Returns all rows.
+    """
+    check_names(methods, metrics)
+    if target not in ("predicted", "label"):
+        raise ValueError(f"target: expected 'predicted' or 'label', got {target!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size: expected a positive int, got {block_size!r}")
+    mopts = metric_options or {}
+    for k in mopts:
+        if k not in METRICS:
+            raise ValueError(f"metric_options: unknown metric {k!r}")
+    done = done or set()
+    spec = get_preprocessing(model)
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    out = EvalResult()
+    for b0 in range(0, len(images), block_size):
+        block = images[b0:b0 + block_size]
+        names = [n for n, _ in block]
+        x01 = torch.stack([t for _, t in block]).float().to(dev)
+        x = spec.normalize(x01)
+        if target == "label":
+            if labels is None or any(n not in labels for n in names):
+                missing = next(n for n in names if labels is None or n not in labels)
+                raise ValueError(f"target: 'label' needs a label for every image (none for {missing!r})")
+            classes_all = torch.tensor([labels[n] for n in names], device=dev)
+        else:
+            with M._common.guarded(model):
+                classes_all = M._common.outputs(model, x, batch_size).argmax(1)
+        res = EvalResult()
+        for name in methods:
+            sel = [k for k, n in enumerate(names) if (n, name) not in done]
+            if not sel:
+                if progress:
+                    progress(len(names))
+                continue
+            idx = torch.tensor(sel, device=dev)
+            xs, x01s, cls = x[idx], x01[idx], classes_all[idx]
+            ids = [image_id(names[k]) for k in sel]
+            t0 = time.perf_counter()
+            heat, tv, extras = _maps(model, xs, x01s, name, cls, ids, seed, method_options, batch_size)
+            dt = (time.perf_counter() - t0) / len(sel)
+            for k in sel:
+                res.timings.append({"image": names[k], "method": name, "stage": "explain", "seconds": dt})
+            for j, k in enumerate(sel):
+                for key, v in extras[j].items():
+                    res.extras.append({"image": names[k], "method": name, "key": key, "value": float(v)})
+            for metric in metrics:
+                t0 = time.perf_counter()
+                vals, curves = _metric(model, metric, xs, x01s, heat, tv, cls, ids, name, seed,
+                                       dict(mopts.get(metric) or {}), batch_size)
+                dt = (time.perf_counter() - t0) / len(sel)
+                vals = vals.detach().double().cpu().tolist()
+                for j, k in enumerate(sel):
+                    res.rows.append({"image": names[k], "class_index": int(cls[j]), "method": name,
+                                     "metric": metric, "value": vals[j]})
+                    res.timings.append({"image": names[k], "method": name, "stage": metric, "seconds": dt})
+                    if curves is not None:
+                        for s, v in enumerate(curves[j].detach().double().cpu().tolist()):
+                            res.curves.append({"image": names[k], "method": name, "metric": metric,
+                                               "step": s, "value": v})
+            if progress:
+                progress(len(names))
+        if on_block:
+            on_block(res)
+        out.rows += res.rows
+        out.curves += res.curves
+        out.timings += res.timings
+        out.extras += res.extras
+    return out
+
+
+def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None = None,
+              metrics: Sequence[str] | None = None) -> dict[tuple[str, str], tuple[float, float, float, int]]:
+    """(method, metric) -> (mean, 95% low, 95% high, n), Student-t interval over images (NaNs dropped)."""
+    from scipy.stats import t as student
+
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        v = float(r["value"])
+        if math.isnan(v):
+            continue
+        groups.setdefault((r["method"], r["metric"]), []).append(v)
+    out = {}
+    for key, vals in groups.items():
+        if methods is not None and key[0] not in methods:
+            continue
+        if metrics is not None and key[1] not in metrics:
+            continue
+        n = len(vals)
+        mean = sum(vals) / n
+        if n > 1:
+            sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+            half = float(student.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+        else:
+            half = float("nan")
+        out[key] = (mean, mean - half, mean + half, n)
+    return out
+
+
+__all__ = ["EVAL_METHODS", "METRICS", "EvalResult", "available_methods", "evaluate_images", "image_id",
+           "method_available", "resolve_method", "summarize"]
