@@ -56,21 +56,20 @@ def compute_maps(args):
 
 
 def gather(out: Path, n: int, size, tag: str = ""):
-    heat, tgt, times = [], [], 0.0
-    a = 0
-    files = sorted(out.glob(f"igos{size}{tag}_*.pt"))
+    """Maps of images 0.. (contiguous groups present in ``out``, at most ``n``)."""
     parts = {}
-    for f in files:
+    for f in sorted(out.glob(f"igos{size}{tag}_*.pt")):
         d = torch.load(f)
         parts[d["images"][0]] = d
-    while a < n:
-        if a not in parts:
-            raise SystemExit(f"maps for image {a} are missing in {out}")
+    heat, tgt, times, a = [], [], 0.0, 0
+    while a < n and a in parts:
         d = parts[a]
         heat.append(d["heatmap"])
         tgt.append(d["targets"])
         times += d["time_s"]
         a = d["images"][1]
+    if not heat:
+        raise SystemExit(f"no maps starting at image 0 in {out}")
     return torch.cat(heat)[:n], torch.cat(tgt)[:n], times
 
 
@@ -79,17 +78,18 @@ def metrics(args):
 
     torch.set_num_threads(args.threads)
     model = sk.load_model("efficientnet-lite0")
-    _, x = load(args.n, model)
     heat, tgt, t = gather(Path(args.out), args.n, args.mask_size, args.tag)
+    n = heat.shape[0]
+    _, x = load(n, model)
     res = {}
     for proto in args.protocols.split(","):
-        dele = M.deletion(model, x, heat, target=tgt, step=224, protocol=proto)
-        ins = M.insertion(model, x, heat, target=tgt, step=224, protocol=proto)
-        dele = getattr(dele, "auc", dele["auc"] if isinstance(dele, dict) else dele)
-        ins = getattr(ins, "auc", ins["auc"] if isinstance(ins, dict) else ins)
-        res[proto] = {"deletion": float(dele.mean()), "insertion": float(ins.mean())}
-    print(json.dumps({"n": args.n, "mask_size": args.mask_size, "tag": args.tag, "time_s_per_image": t / args.n,
-                      **res}, indent=2))
+        dele = M.deletion(model, x, heat, target=tgt, step=224, protocol=proto).auc
+        ins = M.insertion(model, x, heat, target=tgt, step=224, protocol=proto).auc
+        res[proto] = {"deletion": round(float(dele.mean()), 4), "insertion": round(float(ins.mean()), 4),
+                      "deletion_per_image": [round(v, 4) for v in dele.tolist()],
+                      "insertion_per_image": [round(v, 4) for v in ins.tolist()]}
+    print(json.dumps({"n": n, "mask_size": args.mask_size, "tag": args.tag,
+                      "igos_time_s_per_image": round(t / n, 1), **res}))
 
 
 def main():
