@@ -254,6 +254,8 @@ def test_unit_and_channel_errors(tiny_cnn, x):
         sk.explain(tiny_cnn, x, "gradient", target=sk.Units("feature.3", channels=[0]))
     with pytest.raises(ValueError, match="Units"):
         _ = sk.Units("features.3", channels=[0]).layers  # a name needs explain() to resolve it
+    with pytest.raises(ValueError, match="does not depend on layer"):  # units upstream of the CAM layer
+        sk.explain(tiny_cnn, x, "gradcam", layer=LAYER, target=sk.Units("features.0", channels=[0]))
     with pytest.raises(ValueError, match="alpha_numerator"):
         sk.explain(tiny_cnn, x, "smoothgradcampp", alpha_numerator="d3")
 
