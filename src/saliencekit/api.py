@@ -94,9 +94,10 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target: Any = "predi
     spec_pp = preprocessing if preprocessing is not None else get_preprocessing(model)
 
     t0 = time.perf_counter()
-    with engine.model_guard(model):
+    # inference_mode(False): a caller's torch.inference_mode() block would otherwise forbid autograd
+    with torch.inference_mode(False), engine.model_guard(model):
         if x.is_inference():
-            x = x.clone()
+            x = x.clone()  # a normal tensor (outside inference mode) that autograd may record
         x = x.detach()
         with torch.no_grad():
             clean = engine.forward_scores(model, x)

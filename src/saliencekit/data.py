@@ -74,7 +74,11 @@ def load_images(items: Union[ImageLike, Sequence[ImageLike]], size: Optional[int
     """
     if isinstance(items, (str, Path, Image.Image, np.ndarray)):
         items = [items]
-    items = list(items)
+    try:
+        items = list(items)
+    except TypeError:
+        raise TypeError(f"items: expected paths, PIL images or H x W x 3 uint8 arrays (or a list of them), "
+                        f"got {type(items).__name__}") from None
     if not items:
         raise ValueError("items: expected at least one image")
     size = preprocessing.size if size is None else size

@@ -29,6 +29,11 @@ _CPU_ELEMENTS_PER_CHUNK = 3 * 224 * 224
 _CUDA_DEFAULT_ROWS = 64
 
 
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 stays float64, everything else (fp32/fp16/bf16) sums in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def auto_batch_size(x: torch.Tensor, total_rows: int) -> int:
     """A simple safe chunk size; the performance work refines it with calibration."""
     per_row = max(1, x[0].numel())
@@ -128,7 +133,7 @@ def run(model: nn.Module, plan: Plan, score, on_sample: Callable, *, batch_size:
                 if wrt is None:
                     raise RuntimeError("layer: the chosen layer was not executed in the forward pass")
                 grad, = torch.autograd.grad(rows.sum(), wrt)
-            grad = grad.detach().float()
+            grad = grad.detach().to(acc_dtype(grad.dtype))
             for r in range(stop - start):
                 s = int(stp[r])
                 w = weights[s]

@@ -52,7 +52,7 @@ def uniform(shape, seed: int, image: int, sample: int, *, stream: int = 0,
 def resolve_seed(seed) -> int:
     """Accept an int or a ``torch.Generator`` (one integer is drawn from it)."""
     if isinstance(seed, torch.Generator):
-        return int(torch.randint(0, 2**62, (1,), generator=seed).item())
+        return int(torch.randint(0, 2**62, (1,), generator=seed, device=seed.device).item())
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed: expected an int or a torch.Generator, got {type(seed).__name__}")
     return seed

@@ -25,10 +25,11 @@ def check_score_space(score: str) -> str:
 def apply_space(outputs: torch.Tensor, space: str) -> torch.Tensor:
     if space == "logit":
         return outputs
+    # probabilities in float32 at least (float64 models keep float64)
     if space == "softmax":
-        return F.softmax(outputs.float(), dim=1)
+        return F.softmax(outputs if outputs.dtype == torch.float64 else outputs.float(), dim=1)
     if space == "log_softmax":
-        return F.log_softmax(outputs.float(), dim=1)
+        return F.log_softmax(outputs if outputs.dtype == torch.float64 else outputs.float(), dim=1)
     raise ValueError(f"score: expected one of {', '.join(SCORE_SPACES)}, got {space!r}")
 
 

@@ -61,26 +61,30 @@ def other_class_extremes(ctx: Context, top_k=None):
     cls_table = torch.tensor(others, dtype=torch.long, device=x.device)  # B x m
     space = ctx.score.space if hasattr(ctx.score, "space") else "logit"
 
-    hi = torch.full(x.shape, -float("inf"), device=x.device)
-    lo = torch.full(x.shape, float("inf"), device=x.device)
-    rows_of = {}
+    acc = engine.acc_dtype(x.dtype)
+    hi = torch.full(x.shape, -float("inf"), device=x.device, dtype=acc)
+    lo = torch.full(x.shape, float("inf"), device=x.device, dtype=acc)
+    # One engine "image" per (image i, other class c) pair, flat index f = i * m + c_idx, so the
+    # score knows each row's class from the row index alone (no state shared with make_points;
+    # padded chunks work too). Rows are walked in (i, c) order, as before.
+    cls_flat = cls_table.reshape(-1)
 
     def make(img, smp, stp):
-        rows_of["cls"] = cls_table[img.to(x.device), smp.to(x.device)]
-        return x[img.to(x.device)]
+        return x[(img // m).to(x.device)]
 
     class OtherScore:
         layers = ()
 
         def rows(self, outputs, image_index, captures=None):
             s = apply_space(outputs, space)
-            return s.gather(1, rows_of["cls"].to(outputs.device)[:, None])[:, 0]
+            return s.gather(1, cls_flat.to(outputs.device)[image_index.to(outputs.device)][:, None])[:, 0]
 
-    def on_sample(i, j, g, point):
+    def on_sample(f, j, g, point):
+        i = f // m
         torch.maximum(hi[i], g, out=hi[i])
         torch.minimum(lo[i], g, out=lo[i])
 
-    ctx.run(engine.Plan(ctx.n, m, make), on_sample, score=OtherScore())
+    ctx.run(engine.Plan(ctx.n * m, 1, make), on_sample, score=OtherScore())
     return hi, lo
 
 

@@ -93,14 +93,14 @@ class Context:
                 with capture(layers) as captured:
                     o = engine.forward_scores(self.model, points[s:s + bs])
                     out.append(sc.rows(o, image_index[s:s + bs].to(o.device), captured))
-        return torch.cat(out).float()
+        return torch.cat(out).to(engine.acc_dtype(self.x.dtype))
 
 
 class Moments:
     """Running per-image sums of a per-sample attribution and of its square."""
 
-    def __init__(self, n_images: int, shape, device, need_square: bool):
-        self.s1 = torch.zeros((n_images,) + tuple(shape), device=device)
+    def __init__(self, n_images: int, shape, device, need_square: bool, dtype: torch.dtype = torch.float32):
+        self.s1 = torch.zeros((n_images,) + tuple(shape), device=device, dtype=engine.acc_dtype(dtype))
         self.s2 = torch.zeros_like(self.s1) if need_square else None
         self.count = torch.zeros(n_images, device=device)
 
@@ -149,7 +149,8 @@ def choice(name: str, v, options) -> str:
 def noise_sigma(ctx: Context, noise_level, stdev) -> torch.Tensor:
     """Per-image sigma: ``stdev`` (absolute) or ``noise_level * (max(x_i) - min(x_i))``."""
     if stdev is not None:
-        return torch.full((ctx.n,), nonneg_float("stdev", stdev), device=ctx.x.device)
+        return torch.full((ctx.n,), nonneg_float("stdev", stdev), device=ctx.x.device,
+                          dtype=engine.acc_dtype(ctx.x.dtype))
     lvl = nonneg_float("noise_level", noise_level)
-    flat = ctx.x.detach().reshape(ctx.n, -1).float()
+    flat = ctx.x.detach().reshape(ctx.n, -1).to(engine.acc_dtype(ctx.x.dtype))
     return lvl * (flat.amax(1) - flat.amin(1))

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import math
-from typing import Callable, List, Optional, Tuple
+import functools
+from typing import Callable, List, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .. import engine, noise
-from .base import Context, Moments, choice, nonneg_float, noise_sigma, positive_int, register
+from .base import Context, Moments, choice, noise_sigma, nonneg_float, positive_int, register
 
 RULES = ("riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 BASELINES = ("black", "zeros", "blur", "uniform")
@@ -32,14 +32,21 @@ def path_rule(rule: str, n: int) -> Tuple[List[float], List[float]]:
         w = [1.0 / (n - 1)] * n
         w[0] = w[-1] = 0.5 / (n - 1)
         return a, w
+    nodes, weights = _leggauss(n)
+    return list(nodes), list(weights)
+
+
+@functools.lru_cache(maxsize=16)
+def _leggauss(n: int) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """Gauss-Legendre nodes / weights mapped to [0, 1] (cached: numpy's solver is O(n^3))."""
     nodes, weights = np.polynomial.legendre.leggauss(n)
-    return [float(0.5 * (t + 1)) for t in nodes], [float(0.5 * w) for w in weights]
+    return tuple(float(0.5 * (t + 1)) for t in nodes), tuple(float(0.5 * w) for w in weights)
 
 
 def gaussian_blur(x01: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of a B x C x H x W batch, reflect padding (size-preserving)."""
     if kernel % 2 == 0 or kernel < 1:
-        raise ValueError(f"blur kernel: expected an odd positive size, got {kernel}")
+        raise ValueError(f"blur_kernel: expected an odd positive size, got {kernel}")
     r = kernel // 2
     t = torch.arange(kernel, dtype=torch.float32, device=x01.device) - r
     k = torch.exp(-(t * t) / (2 * sigma * sigma))
@@ -51,6 +58,31 @@ def gaussian_blur(x01: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
     y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, kernel), groups=c)
     y = F.pad(y, (0, 0, r, r), mode=mode)
     return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, kernel, 1), groups=c)
+
+
+def check_baseline(baseline, shape) -> None:
+    """Refuse a bad ``baseline`` early: a name from BASELINES, a finite number, or a tensor
+    broadcastable to ``shape``."""
+    if isinstance(baseline, torch.Tensor):
+        try:
+            ok = torch.broadcast_shapes(tuple(baseline.shape), tuple(shape)) == tuple(shape)
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"baseline: a tensor baseline must broadcast to the input shape {tuple(shape)}, "
+                             f"got {tuple(baseline.shape)}")
+        if not torch.isfinite(baseline).all():
+            raise ValueError("baseline: contains NaN or infinite values")
+        return
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        if baseline != baseline or abs(baseline) == float("inf"):
+            raise ValueError(f"baseline: expected a finite number, got {baseline}")
+        return
+    if isinstance(baseline, str) or baseline is None or isinstance(baseline, bool):
+        choice("baseline", baseline, BASELINES)
+        return
+    raise TypeError(f"baseline: expected one of {', '.join(BASELINES)}, a number or a tensor, "
+                    f"got {type(baseline).__name__}")
 
 
 def baseline_fn(ctx: Context, baseline, draws: int, blur_kernel: int, blur_sigma: float
@@ -66,9 +98,9 @@ def baseline_fn(ctx: Context, baseline, draws: int, blur_kernel: int, blur_sigma
             raise ValueError(f"baseline: a tensor baseline must broadcast to the input shape {tuple(x.shape)}, "
                              f"got {tuple(baseline.shape)}") from None
         return (lambda i, j: b[i]), 1
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+    check_baseline(baseline, x.shape)
+    if isinstance(baseline, (int, float)):
         return (lambda i, j: torch.full_like(x[i], float(baseline))), 1
-    choice("baseline", baseline, BASELINES)
     if baseline == "zeros":
         z = torch.zeros_like(x[0])
         return (lambda i, j: z), 1
@@ -96,10 +128,10 @@ def integrated(ctx: Context, *, n_steps: int, rule: str, base: Callable[[int, in
             rows.append(b + alpha_t[s] * (start(i, j) - b))
         return torch.stack(rows)
 
-    mom = Moments(ctx.n, ctx.x.shape[1:], ctx.x.device, estimator != "mean")
+    mom = Moments(ctx.n, ctx.x.shape[1:], ctx.x.device, estimator != "mean", ctx.x.dtype)
 
     def on_sample(i, j, g, point):
-        mom.add(i, (start(i, j) - base(i, j)).float() * g)
+        mom.add(i, (start(i, j) - base(i, j)).to(g.dtype) * g)
 
     ctx.run(engine.Plan(ctx.n, n_samples, make, n_steps=n_steps, step_weights=weights), on_sample)
     return mom.result(estimator)
@@ -146,10 +178,10 @@ def smoothtaylor_fixed(ctx: Context, n_samples: int, sigma: torch.Tensor) -> tor
     def make(img, smp, stp):
         return torch.stack([x[i] + sigma[i] * eps(i, j) for i, j in zip(img.tolist(), smp.tolist())])
 
-    mom = Moments(ctx.n, shape, x.device, False)
+    mom = Moments(ctx.n, shape, x.device, False, x.dtype)
 
     def on_sample(i, j, g, point):
-        mom.add(i, (x[i] - point).float() * g)
+        mom.add(i, (x[i] - point).to(g.dtype) * g)
 
     ctx.run(engine.Plan(ctx.n, n_samples, make), on_sample)
     return mom.result("mean")
@@ -175,6 +207,6 @@ def smoothtaylor(ctx: Context, n_samples, noise_scale, noise_percent, score, obj
         pct = nonneg_float("noise_percent", noise_percent)
         sigma = noise_sigma(ctx, pct / 100.0, None)
     else:
-        sigma = noise_sigma(ctx, None, noise_scale)
+        sigma = noise_sigma(ctx, None, nonneg_float("noise_scale", noise_scale))
     attr = smoothtaylor_fixed(ctx, n_samples, sigma)
     return {"attributions": attr, "extras": {"sigma": sigma}}

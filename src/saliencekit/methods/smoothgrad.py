@@ -6,7 +6,7 @@ import torch
 
 from .. import engine, noise
 from .base import Context, Moments, choice, noise_sigma, positive_int, register
-from .integrated import IG_DEFAULTS, baseline_fn, integrated
+from .integrated import IG_DEFAULTS, RULES, baseline_fn, check_baseline, integrated
 
 ESTIMATORS = ("mean", "square", "var")
 BASES = ("gradient", "gradient_x_input", "integrated_gradients")
@@ -31,6 +31,11 @@ def smoothgrad(ctx: Context, n_samples, noise_level, stdev, estimator, base, sco
     positive_int("n_samples", n_samples)
     choice("estimator", estimator, ESTIMATORS)
     choice("base", base, BASES)
+    # the integrated-gradients options are checked even when base does not use them: a typo
+    # (rule="simpson") must not pass silently
+    positive_int("n_steps", n_steps)
+    choice("rule", rule, RULES)
+    check_baseline(baseline, ctx.x.shape)
     sigma = noise_sigma(ctx, noise_level, stdev)
     x = ctx.x.detach()
     shape = x.shape[1:]
@@ -48,14 +53,14 @@ def smoothgrad(ctx: Context, n_samples, noise_level, stdev, estimator, base, sco
                           estimator=estimator)
         return {"attributions": attr, "extras": {"sigma": sigma}}
 
-    mom = Moments(ctx.n, shape, x.device, estimator != "mean")
+    mom = Moments(ctx.n, shape, x.device, estimator != "mean", x.dtype)
     times_input = base == "gradient_x_input"
 
     def make(img, smp, stp):
         return torch.stack([noisy(i, j) for i, j in zip(img.tolist(), smp.tolist())])
 
     def on_sample(i, j, g, point):
-        mom.add(i, point.float() * g if times_input else g)
+        mom.add(i, point.to(g.dtype) * g if times_input else g)
 
     ctx.run(engine.Plan(ctx.n, n_samples, make), on_sample)
     return {"attributions": mom.result(estimator), "extras": {"sigma": sigma}}
