@@ -184,10 +184,20 @@ def register(main: click.Group) -> None:
     @click.option("--block-size", default=8, show_default=True, type=int, help="Images per block.")
     @click.option("--batch-size", default=None, type=int, help="Rows per forward chunk (default: automatic).")
     @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+    @click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+                  help="Evaluate in this process, or block by block on a Ray cluster "
+                       "(pip install 'saliencekit[ray]'; see docs/distributed.md).")
+    @click.option("--address", default=None,
+                  help="Ray cluster: 'auto' (the one running here) or HOST:PORT. Default: a new local Ray instance.")
+    @click.option("--workers", default=None, type=int,
+                  help="Ray workers (actors). Default: as many as the cluster's CPUs (or GPUs) allow.")
+    @click.option("--num-gpus-per-worker", default=0.0, show_default=True, type=float,
+                  help="GPU share per Ray worker (0.5 = two workers per GPU); > 0 runs the workers on CUDA.")
     @click.option("--skip-missing", is_flag=True, help="Skip methods that are not registered instead of failing.")
     @click.option("--list", "list_only", is_flag=True, help="List evaluation methods and metrics, then exit.")
     def evaluate_cmd(directory, model, methods, metrics, limit, seed, out_dir, overwrite, target, method_opts,
-                     metric_opts, block_size, batch_size, device, skip_missing, list_only):
+                     metric_opts, block_size, batch_size, device, backend, address, workers, num_gpus_per_worker,
+                     skip_missing, list_only):
         """Evaluate saliency methods on DIRECTORY (default: the bundled samples) and write OUT/results.csv
         (long format), OUT/summary.md, OUT/curves.png, OUT/bars.png and OUT/timings.csv."""
         from tqdm import tqdm
@@ -200,6 +210,25 @@ def register(main: click.Group) -> None:
             click.echo("methods: " + ", ".join(ev.available_methods()))
             click.echo("metrics: " + ", ".join(ev.METRICS))
             return
+        if backend == "ray":
+            from .distributed import RAY_MISSING, ray_available
+
+            if not ray_available():
+                raise click.ClickException(RAY_MISSING)
+            if workers is not None and workers < 1:
+                raise click.BadParameter("expected a positive number", param_hint="--workers")
+            if not num_gpus_per_worker >= 0:
+                raise click.BadParameter("expected a non-negative number", param_hint="--num-gpus-per-worker")
+            if device == "cuda" and not num_gpus_per_worker:
+                raise click.BadParameter("with --backend ray, use --num-gpus-per-worker F (> 0) for CUDA workers",
+                                         param_hint="--device")
+            worker_device, device = ("cuda" if num_gpus_per_worker else "cpu"), "cpu"  # the driver only preprocesses
+        else:
+            for flag, v in (("--address", address), ("--workers", workers)):
+                if v is not None:
+                    raise click.BadParameter("only with --backend ray", param_hint=flag)
+            if num_gpus_per_worker:
+                raise click.BadParameter("only with --backend ray", param_hint="--num-gpus-per-worker")
         device = resolve_device(device)
         meths = [m.strip() for m in methods.split(",") if m.strip()]
         mets = [m.strip() for m in metrics.split(",") if m.strip()]
@@ -285,9 +314,22 @@ def register(main: click.Group) -> None:
         t0 = time.perf_counter()
         with tqdm(total=len(items) * len(meths), desc="evaluate", unit="img x method", disable=None) as bar:
             try:
-                ev.evaluate_images(net, items, meths, mets, seed=seed, labels=labels, target=target,
-                                   method_options=mo, metric_options=ko, block_size=block_size, done=done,
-                                   batch_size=batch_size, progress=bar.update, on_block=flush)
+                if backend == "ray":
+                    from .distributed import evaluate_images_ray
+
+                    evaluate_images_ray(model, items, meths, mets, seed=seed, labels=labels, target=target,
+                                        method_options=mo, metric_options=ko, block_size=block_size, done=done,
+                                        batch_size=batch_size, progress=bar.update, on_block=flush, out_dir=out_dir,
+                                        device=worker_device, workers=workers, address=address,
+                                        num_gpus_per_worker=num_gpus_per_worker, overwrite=overwrite)
+                else:
+                    ev.evaluate_images(net, items, meths, mets, seed=seed, labels=labels, target=target,
+                                       method_options=mo, metric_options=ko, block_size=block_size, done=done,
+                                       batch_size=batch_size, progress=bar.update, on_block=flush)
+            except (ConnectionError, RuntimeError) as e:
+                if backend != "ray":
+                    raise
+                raise click.ClickException(str(e)) from None  # a lost cluster, or a block that kept dying
             except (ValueError, TypeError) as e:
                 raise click.ClickException(str(e)) from None
         flush(ev.EvalResult())

@@ -306,7 +306,7 @@ def run_blocks(blocks: Dict[int, List[Tuple[str, Any]]], on_block: Callable[[int
                block_fn: str = "saliencekit.distributed:evaluate_block",
                device: str = "cpu", workers: Optional[int] = None, address: Optional[str] = None,
                num_gpus_per_worker: float = 0.0, num_cpus_per_worker: float = 1, threads: Optional[int] = None,
-               max_restarts: int = 2, max_task_retries: int = 2, max_attempts: int = 3,
+               max_restarts: int = 2, max_task_retries: int = 2, max_attempts: int = 3, keep_workers: bool = False,
                _crash_once: Optional[Tuple[int, str]] = None) -> Dict[str, Any]:
     """Evaluate ``blocks`` (``{index: [(name, tensor | path | array), ...]}``) on Ray actors.
 
@@ -317,8 +317,10 @@ def run_blocks(blocks: Dict[int, List[Tuple[str, Any]]], on_block: Callable[[int
     by Ray and its block retried (``max_restarts``, ``max_task_retries``); when Ray gives up, the
     block goes to a fresh actor, at most ``max_attempts`` times in all. Uses the running Ray
     instance if there is one, else connects to ``address`` (``"auto"``, ``"HOST:PORT"``, or
-    ``None`` for a new local instance) and shuts down what it started. Returns statistics:
-    workers, attempts per block, seconds.
+    ``None`` for a new local instance) and shuts down what it started. ``keep_workers``: in a Ray
+    session the caller started, keep the actors (and their loaded model) for the next call with the
+    same settings, until :func:`shutdown_workers`. Returns statistics: workers, attempts per block,
+    seconds.
     """
     ray = require_ray()
     import ray.exceptions as rex
@@ -348,7 +350,13 @@ def run_blocks(blocks: Dict[int, List[Tuple[str, Any]]], on_block: Callable[[int
     t0 = time.perf_counter()
     actor_cls = ray.remote(BlockWorker).options(num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker,
                                                 max_restarts=max_restarts, max_task_retries=max_task_retries)
-    actors: List[Any] = []
+    model_key = model if isinstance(model, str) else \
+        f"{getattr(model, '__module__', '')}.{getattr(model, '__qualname__', repr(model))}"
+    pool_key = (ray.get_runtime_context().get_job_id(), model_key, device, threads, num_cpus_per_worker,
+                num_gpus_per_worker, max_restarts, max_task_retries, block_fn)
+    keep = keep_workers and not started
+    actors: List[Any] = _take_pool(ray, pool_key if keep else None)  # kept actors of other settings: killed
+    dead: set = set()
 
     def new_actor():
         a = actor_cls.remote(model, device, threads, block_fn)
@@ -357,7 +365,8 @@ def run_blocks(blocks: Dict[int, List[Tuple[str, Any]]], on_block: Callable[[int
 
     try:
         n = _worker_count(ray, workers, num_cpus_per_worker, num_gpus_per_worker, len(blocks))
-        idle = deque(new_actor() for _ in range(n))
+        idle = deque(actors[:n])
+        idle.extend(new_actor() for _ in range(n - len(idle)))
         try:  # surface model-loading errors once, clearly, rather than as dying workers
             ray.get([a.pid.remote() for a in idle])
         except dead_errors as e:
@@ -365,8 +374,9 @@ def run_blocks(blocks: Dict[int, List[Tuple[str, Any]]], on_block: Callable[[int
         queue = deque(sorted(blocks))
         attempts = {k: 0 for k in blocks}
         inflight: Dict[Any, Tuple[int, Any]] = {}
-        while queue or inflight:
-            while idle and queue:  # one block per actor at a time: the blocks balance themselves
+        failure: Optional[BaseException] = None  # first fatal error; the blocks in flight still finish
+        while inflight or (queue and failure is None):
+            while idle and queue and failure is None:  # one block per actor at a time: blocks balance themselves
                 k = queue.popleft()
                 a = idle.popleft()
                 attempts[k] += 1
@@ -379,32 +389,66 @@ def run_blocks(blocks: Dict[int, List[Tuple[str, Any]]], on_block: Callable[[int
                 result = ray.get(ref)
             except rex.RayTaskError as e:  # the block function raised: a real error, not a lost worker
                 cause = getattr(e, "cause", None)
-                if isinstance(cause, (ValueError, TypeError)):
-                    raise cause from None
-                raise RuntimeError(f"block {k} failed on a Ray worker: {e}") from None
+                if failure is None:
+                    failure = cause if isinstance(cause, (ValueError, TypeError)) else \
+                        RuntimeError(f"block {k} failed on a Ray worker: {e}")
+                continue
             except dead_errors as e:
                 try:
                     ray.kill(a, no_restart=True)
                 except Exception:  # noqa: BLE001, S110 - already gone
                     pass
+                dead.add(id(a))
                 if attempts[k] >= max_attempts:
-                    raise RuntimeError(f"block {k}: its worker died {attempts[k]} times ({type(e).__name__}); "
-                                       f"finished blocks are kept, re-run with the same output folder to "
-                                       f"resume") from None
+                    if failure is None:
+                        failure = RuntimeError(f"block {k}: its worker died {attempts[k]} time(s) "
+                                               f"({type(e).__name__}); finished blocks are kept, re-run with the "
+                                               f"same output folder to resume")
+                    continue
                 idle.append(new_actor())
                 queue.appendleft(k)
                 continue
             on_block(k, result)
             idle.append(a)
+        if failure is not None:
+            raise failure
         return {"workers": n, "attempts": dict(attempts), "seconds": time.perf_counter() - t0}
     finally:
-        for a in actors:
-            try:
-                ray.kill(a, no_restart=True)
-            except Exception:  # noqa: BLE001, S110 - already gone
-                pass
+        live = [a for a in actors if id(a) not in dead]
+        if keep:
+            _POOL.update(key=pool_key, actors=live)
+        else:
+            _kill(ray, live)
         if started:
             ray.shutdown()
+
+
+# Actors kept between calls (``keep_workers=True``) in a Ray session the caller started: one pool.
+_POOL: Dict[str, Any] = {"key": None, "actors": []}
+
+
+def _kill(ray, actors) -> None:
+    for a in actors:
+        try:
+            ray.kill(a, no_restart=True)
+        except Exception:  # noqa: BLE001, S110 - already gone
+            pass
+
+
+def _take_pool(ray, key) -> List[Any]:
+    """The kept actors if they match ``key``; otherwise they are killed (they hold cluster resources)."""
+    actors, _POOL["actors"] = _POOL["actors"], []
+    if _POOL["key"] == key:
+        return actors
+    _kill(ray, actors)
+    return []
+
+
+def shutdown_workers() -> None:
+    """Kill the actors kept by ``keep_workers=True`` (they hold their CPUs / GPUs until then)."""
+    if _POOL["actors"]:
+        _kill(require_ray(), _POOL["actors"])
+    _POOL.update(key=None, actors=[])
 
 
 # ---- the backend ---------------------------------------------------------------------------------
@@ -419,7 +463,8 @@ def evaluate_images_ray(model: Any, images: Sequence[Tuple[str, Any]], methods: 
                         device: str = "cpu", workers: Optional[int] = None, address: Optional[str] = None,
                         num_gpus_per_worker: float = 0.0, num_cpus_per_worker: float = 1,
                         overwrite: bool = False, max_restarts: int = 2, max_task_retries: int = 2,
-                        max_attempts: int = 3, _crash_once: Optional[Tuple[int, str]] = None):
+                        max_attempts: int = 3, keep_workers: bool = False,
+                        _crash_once: Optional[Tuple[int, str]] = None):
     """:func:`saliencekit.evaluation.evaluate_images` on a Ray cluster, block by block.
 
     Same arguments and result as the local core (``EvalResult``; ``on_block`` is called once per
@@ -506,7 +551,8 @@ def evaluate_images_ray(model: Any, images: Sequence[Tuple[str, Any]], methods: 
     run_blocks(todo, finished, model=model, config=block_config, per_block=per_block, device=device,
                workers=workers, address=address, num_gpus_per_worker=num_gpus_per_worker,
                num_cpus_per_worker=num_cpus_per_worker, threads=threads, max_restarts=max_restarts,
-               max_task_retries=max_task_retries, max_attempts=max_attempts, _crash_once=_crash_once)
+               max_task_retries=max_task_retries, max_attempts=max_attempts, keep_workers=keep_workers,
+               _crash_once=_crash_once)
     out = ev.EvalResult()
     for k in sorted(results):
         for table in TABLES:
