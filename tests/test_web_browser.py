@@ -50,35 +50,50 @@ def chromium():
     return path
 
 
-@pytest.fixture
-def served(chromium):
-    port = free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "saliencekit.cli", "serve", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
+class Served:
+    """``saliencekit serve`` in a subprocess; ``wait()`` blocks until the page's API answers."""
+
+    def __init__(self, log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        cmd = [sys.executable, "-m", "saliencekit.cli", "serve", "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    def wait(self, timeout: float = 180) -> str:
+        deadline = time.monotonic() + timeout
         while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"saliencekit serve exited early:\n{proc.stdout.read()}")
+            if self.proc.poll() is not None:
+                raise AssertionError(f"saliencekit serve exited early:\n{self.log_path.read_text()}")
             try:
-                with urllib.request.urlopen(url + "/api/info", timeout=5) as r:
+                with urllib.request.urlopen(self.url + "/api/info", timeout=5) as r:
                     if r.status == 200:
-                        break
+                        return self.url
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError("saliencekit serve did not answer within 180 s")
+                raise AssertionError(f"saliencekit serve did not answer within {timeout} s")
             time.sleep(0.25)
-        yield url
-    finally:
-        proc.terminate()
+
+    def stop(self) -> None:
+        self.proc.terminate()
         try:
-            proc.wait(20)
+            self.proc.wait(20)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def served(chromium, tmp_path):
+    srv = Served(tmp_path / "serve.log")   # starts now; the test prepares its reference meanwhile
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 @pytest.mark.slow
@@ -98,13 +113,15 @@ def test_explorer_in_headless_chromium(chromium, served, tmp_path):
         top = torch.softmax(model(saliencekit.load_images(photo)), 1)[0].argmax().item()
     predicted_name = model.saliencekit_preprocessing.class_names[top]
     cam = "gradcam" if "gradcam" in saliencekit.methods() else "gradient"
+    url = served.wait()
+    assert url.startswith("http://127.0.0.1:")
 
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1380, "height": 980})
             page.set_default_timeout(120_000)
-            page.goto(served)
+            page.goto(url)
             page.wait_for_selector("button.sample")
 
             # a non-image upload is answered on the page

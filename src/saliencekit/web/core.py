@@ -292,19 +292,13 @@ class Explorer:
         self._images: "OrderedDict[str, StoredImage]" = OrderedDict()
         self._images_lock = threading.Lock()
         self.samples = OrderedDict((n, a) for n, a in (samples if samples is not None else data.sample_images()))
-        self.n_classes = self._count_classes()
-        self.layers = self._spatial_layers()
+        self.layers, self.n_classes = self._model_facts()
         self.metrics_fns = load_metrics()
 
     # -- model facts --
-    def _count_classes(self) -> int:
-        s = self.spec.size or 224
-        with self._predict_lock, torch.no_grad():
-            out = self._predictor(torch.zeros(1, 3, s, s, device=self.device))
-        return int(out.shape[1])
-
-    def _spatial_layers(self, max_depth: int = 2) -> List[str]:
-        """Named modules (up to ``max_depth`` dots) whose output is a B x C x H x W map with H, W > 1."""
+    def _model_facts(self, max_depth: int = 2) -> Tuple[List[str], int]:
+        """One forward of a blank image: the layers offered for CAMs (named modules up to ``max_depth``
+        dots, with parameters, whose output is a B x C x H x W map with H, W > 1) and the class count."""
         found: List[str] = []
         handles = []
         s = self.spec.size or 224
@@ -320,12 +314,12 @@ class Explorer:
             for n, m in mods:
                 handles.append(m.register_forward_hook(hook_for(n)))
             with self._predict_lock, torch.no_grad():
-                self._predictor(torch.zeros(1, 3, s, s, device=self.device))
+                out = self._predictor(torch.zeros(1, 3, s, s, device=self.device))
         finally:
             for h in handles:
                 h.remove()
         seen = set()
-        return [n for n in found if not (n in seen or seen.add(n))]
+        return [n for n in found if not (n in seen or seen.add(n))], int(out.shape[1])
 
     def class_name(self, c: int) -> str:
         if self.names is not None and 0 <= c < len(self.names):
