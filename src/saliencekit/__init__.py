@@ -5,9 +5,10 @@ from .api import methods_info as methods
 from .data import load_images, sample_images
 from .explanation import Explanation
 from .models import Preprocessing, get_preprocessing, load_model
+from .perf import get_defaults, set_defaults
 from .units import Units
 
 __version__ = "0.1.0"
 
 __all__ = ["explain", "methods", "list_methods", "load_model", "load_images", "sample_images", "Explanation",
-           "Preprocessing", "get_preprocessing", "Units", "__version__"]
+           "Preprocessing", "get_preprocessing", "set_defaults", "get_defaults", "Units", "__version__"]

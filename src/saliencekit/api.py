@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from . import engine, methods, noise
+from . import engine, methods, noise, perf
 from .explanation import Explanation
 from .methods.base import REGISTRY, Context
 from .models import Preprocessing, class_names, get_preprocessing
@@ -49,7 +49,8 @@ def list_methods() -> List[str]:
 
 def explain(model: nn.Module, x: torch.Tensor, method: str, target: Any = "predicted", seed: Any = 0,
             batch_size: Optional[int] = None, preprocessing: Optional[Preprocessing] = None,
-            keep_inputs: bool = True, progress=None, image_ids=None, **options) -> Explanation:
+            keep_inputs: bool = True, progress=None, image_ids=None, precision: Optional[str] = None,
+            channels_last: Optional[bool] = None, compile: Optional[bool] = None, **options) -> Explanation:
     """Explain ``model``'s scores for the batch ``x`` with ``method``.
 
     ``target``: ``"predicted"`` (top-1 of the clean input, resolved once), an int, a sequence or
@@ -59,6 +60,9 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target: Any = "predi
     method's options (see ``saliencekit.methods()``); unknown ones are refused.
     ``image_ids`` (one int per image, default 0..B-1) key each image's noise, so an image gets the
     same noise whatever batch it is explained in (dataset evaluation passes global indices).
+    ``precision`` (``"fp32" | "bf16" | "fp16"``: autocast forward/backward, float32 sums),
+    ``channels_last`` and ``compile`` (``torch.compile`` of the forward) are speed settings;
+    ``None`` takes the process default (``saliencekit.set_defaults``), see ``saliencekit.perf``.
     """
     _check_model(model)
     x = _check_input(x)
@@ -82,6 +86,7 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target: Any = "predi
             raise TypeError(f"batch_size: expected a positive int or None, got {type(batch_size).__name__}")
         if batch_size < 1:
             raise ValueError(f"batch_size: expected a positive int or None, got {batch_size}")
+    speed = perf.resolve(precision, channels_last, compile)
     seed_int = noise.resolve_seed(seed)
     if image_ids is not None:
         try:
@@ -95,7 +100,7 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target: Any = "predi
 
     t0 = time.perf_counter()
     # inference_mode(False): a caller's torch.inference_mode() block would otherwise forbid autograd
-    with torch.inference_mode(False), engine.model_guard(model):
+    with torch.inference_mode(False), engine.model_guard(model), perf.call_scope(model, speed):
         if x.is_inference():
             x = x.clone()  # a normal tensor (outside inference mode) that autograd may record
         x = x.detach()

@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from . import perf
 from .hooks import capture
 
 # Rows of a 224x224 RGB image per chunk on CPU (measured: small chunks are fastest there).
@@ -35,14 +36,13 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def auto_batch_size(x: torch.Tensor, total_rows: int) -> int:
-    """A simple safe chunk size; the performance work refines it with calibration."""
-    per_row = max(1, x[0].numel())
-    if x.device.type == "cuda":
-        rows = _CUDA_DEFAULT_ROWS
-    else:
-        rows = max(1, _CPU_ELEMENTS_PER_CHUNK // per_row)
-        rows = min(rows, 64)
-    return max(1, min(rows, total_rows))
+    """Automatic chunk size for ``total_rows`` rows shaped like ``x[0]`` (see ``perf``).
+
+    Inside an ``explain`` call: on CPU a cached short calibration (when the call is large enough
+    to amortise it), on CUDA from free memory; otherwise a safe fixed rule. The returned int is a
+    ``perf.AutoBatch``: ``run`` halves it and retries on out-of-memory.
+    """
+    return perf.auto_rows(x, total_rows)
 
 
 @contextlib.contextmanager
@@ -111,6 +111,10 @@ def run(model: nn.Module, plan: Plan, score, on_sample: Callable, *, batch_size:
     needed = list(getattr(score, "layers", ()) or ())
     modules = list(dict.fromkeys(([site] if site is not None else []) + needed))
     partial: Optional[torch.Tensor] = None
+    st = perf.active()  # speed settings of the explain call in progress (None: plain fp32 eager)
+    if st is not None and st.model is not model:
+        st = None
+    fwd = perf.forward_module(model, st, layers=modules)
 
     with torch.enable_grad():
         start = 0
@@ -124,15 +128,22 @@ def run(model: nn.Module, plan: Plan, score, on_sample: Callable, *, batch_size:
             pts = plan.make_points(img, smp, stp)
             if pts.is_inference():
                 pts = pts.clone()
-            pts = pts.detach().requires_grad_(True)
-            with capture(modules) as captured:
-                out = forward_scores(model, pts)
-                dev = out.device
-                rows = score.rows(out, img.to(dev), captured)
-                wrt = pts if site is None else captured.get(site)
-                if wrt is None:
-                    raise RuntimeError("layer: the chosen layer was not executed in the forward pass")
-                grad, = torch.autograd.grad(rows.sum(), wrt)
+            pts = perf.prepare_points(pts.detach(), st).requires_grad_(True)
+            try:
+                pad_to = int(batch_size) if fwd is not model else 0
+                grad = _chunk_grad(fwd, pts, img, score, site, modules, st, pad_to)
+            except Exception as err:
+                if perf.is_oom(err):
+                    smaller = perf.back_off(batch_size)
+                    if smaller is None:
+                        raise
+                    batch_size = smaller  # same rows again, in smaller chunks
+                    continue
+                if fwd is model:
+                    raise
+                perf.compile_failed(model, err)
+                fwd = model
+                continue
             grad = grad.detach().to(acc_dtype(grad.dtype))
             for r in range(stop - start):
                 s = int(stp[r])
@@ -148,3 +159,39 @@ def run(model: nn.Module, plan: Plan, score, on_sample: Callable, *, batch_size:
             if progress is not None:
                 progress(stop - start)
             start = stop
+
+
+def _chunk_grad(fwd, pts, img, score, site, modules, st, pad_to: int = 0, scale: Optional[float] = None):
+    """One forward (autocast per the active settings) and one ``autograd.grad`` for a chunk.
+
+    ``pad_to``: for compiled forwards, the chunk is padded with detached copies of its last row
+    so every chunk has the same shape (no recompilation); the padding's gradients are dropped.
+    fp16 multiplies the summed score by a loss scale and divides it out; on overflow the chunk
+    is redone unscaled.
+    """
+    n = pts.shape[0]
+    inp, idx = pts, img
+    if pad_to > n:
+        extra = pad_to - n
+        inp = torch.cat([pts, pts[-1:].detach().expand(extra, *pts.shape[1:])])
+        inp = perf.prepare_points(inp, st)
+        idx = torch.cat([img, img[-1:].expand(extra)])
+    if scale is None:
+        scale = perf.loss_scale(st)
+    with capture(modules) as captured:
+        with perf.autocast(pts.device, st):
+            out = forward_scores(fwd, inp)
+        dev = out.device
+        rows = score.rows(out, idx.to(dev), captured)
+        wrt = pts if site is None else captured.get(site)
+        if wrt is None:
+            raise RuntimeError("layer: the chosen layer was not executed in the forward pass")
+        loss = rows.to(acc_dtype(rows.dtype)).sum()
+        grad, = torch.autograd.grad(loss * scale if scale != 1.0 else loss, wrt)
+    if grad.shape[0] != n:
+        grad = grad[:n]
+    if scale != 1.0:
+        grad = grad.to(acc_dtype(grad.dtype)) / scale
+        if not torch.isfinite(grad).all():
+            return _chunk_grad(fwd, pts, img, score, site, modules, st, pad_to, scale=1.0)
+    return grad

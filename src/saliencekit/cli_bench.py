@@ -1,0 +1,390 @@
+"""``saliencekit bench``: saliencekit vs Captum vs the raw forward+backward floor, on this machine.
+
+The timing harness lives here so that the command and ``benchmarks/bench_gradients.py`` measure
+the same way:
+
+* every case computes the same gradients (``rows`` = images x samples or path steps) on the same
+  model object, images and target classes;
+* cases run **interleaved** (case 1, case 2, ..., then again), ``repeats`` rounds, and the best
+  (minimum) time is reported with the median, so a busy machine slows all cases alike;
+* the **raw floor** is the model's forward plus ``autograd.grad`` w.r.t. the input of the same
+  number of rows, with nothing else (no noise, no reduction), at the same precision and memory
+  format, at the best chunk size of a sweep;
+* peak memory comes from one extra, untimed run per case: on CUDA ``max_memory_allocated``; on CPU
+  the resident set size sampled every 10 ms by a thread, minus the size just before the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+SK_METHODS = {  # name -> (saliencekit method, options, Captum NoiseTunnel nt_type or "ig")
+    "smoothgrad": ("smoothgrad", {"estimator": "mean"}, "smoothgrad"),
+    "smoothgrad_sq": ("smoothgrad", {"estimator": "square"}, "smoothgrad_sq"),
+    "vargrad": ("smoothgrad", {"estimator": "var"}, "vargrad"),
+    "ig": ("integrated_gradients", {"baseline": "black", "rule": "riemann_right"}, "ig"),
+}
+
+
+# ---- measuring --------------------------------------------------------------------------------
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):  # not Linux: the peak so far (cannot be reset)
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device):
+    """Yields a dict whose ``bytes`` is the peak extra memory of the block (see module doc)."""
+    box = {"bytes": 0}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield box
+        torch.cuda.synchronize(device)
+        box["bytes"] = torch.cuda.max_memory_allocated(device) - base
+        return
+    base = _rss()
+    peak = [base]
+    stop = threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss())
+            stop.wait(0.01)
+
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
+    try:
+        yield box
+    finally:
+        stop.set()
+        t.join()
+        peak[0] = max(peak[0], _rss())
+        box["bytes"] = peak[0] - base
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Case:
+    name: str
+    fn: Callable[[], object]
+    rows: int
+    group: str = ""
+    kind: str = ""          # "sk", "captum", "floor"
+    times: List[float] = field(default_factory=list)
+    peak_bytes: Optional[int] = None
+
+    @property
+    def best(self) -> float:
+        return min(self.times)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.best
+
+
+def run_interleaved(cases: Sequence[Case], repeats: int, device: torch.device, memory: bool = True,
+                    log: Optional[Callable[[str], None]] = None) -> None:
+    """One untimed warm-up run per case, then ``repeats`` interleaved timed rounds, then memory."""
+    for c in cases:
+        c.fn()
+    for r in range(repeats):
+        for c in cases:
+            _sync(device)
+            t0 = time.perf_counter()
+            c.fn()
+            _sync(device)
+            c.times.append(time.perf_counter() - t0)
+        if log:
+            log(f"  round {r + 1}/{repeats}: " + ", ".join(f"{c.name} {c.times[-1]:.2f}s" for c in cases))
+    if memory:
+        for c in cases:
+            with peak_memory(device) as box:
+                c.fn()
+            c.peak_bytes = box["bytes"]
+
+
+# ---- the cases --------------------------------------------------------------------------------
+
+def raw_floor(model: nn.Module, x: torch.Tensor, target: torch.Tensor, rows_per_image: int, chunk: int,
+              precision: str = "fp32", channels_last: bool = False) -> Callable[[], None]:
+    """Forward + ``autograd.grad`` w.r.t. the input of ``len(x) * rows_per_image`` rows, ``chunk`` at a time."""
+    from . import perf
+
+    dtype = perf.PRECISIONS[perf.check_precision(precision)]
+    rows = x.shape[0] * rows_per_image
+    img = torch.arange(rows, device=x.device) // rows_per_image
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def fn():
+        for s in range(0, rows, chunk):
+            i = img[s:s + chunk]
+            pts = x[i].contiguous(memory_format=fmt).requires_grad_(True)
+            with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+                out = model(pts)
+            sel = out.float().gather(1, target[i].view(-1, 1)).sum()
+            torch.autograd.grad(sel, pts)
+    return fn
+
+
+def frozen_floor(model, *a, **k) -> Callable[[], None]:
+    """``raw_floor`` with the parameters frozen for the run (as saliencekit does), restored after."""
+    from .engine import model_guard
+
+    inner = raw_floor(model, *a, **k)
+
+    def fn():
+        with model_guard(model):
+            inner()
+    return fn
+
+
+def sk_case(model, x, target, name: str, n: int, **speed) -> Callable[[], object]:
+    import saliencekit as sk
+
+    method, opts, _ = SK_METHODS[name]
+    opts = dict(opts)
+    opts["n_steps" if method == "integrated_gradients" else "n_samples"] = n
+    return lambda: sk.explain(model, x, method, target=target, keep_inputs=False, **speed, **opts)
+
+
+def captum_case(model, x, target, name: str, n: int, chunk: Optional[int],
+                noise_level: float = 0.15) -> Callable[[], object]:
+    """Captum on the model as a user has it. ``chunk``: ``nt_samples_batch_size`` (samples per
+    input per chunk; rows = images x chunk) or IG's ``internal_batch_size`` (rows per chunk)."""
+    from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
+
+    from .models import get_preprocessing
+
+    _, _, nt_type = SK_METHODS[name]
+    tgt = target.tolist()
+    if nt_type == "ig":
+        ig = IntegratedGradients(model)
+        black = get_preprocessing(model).normalize(torch.zeros_like(x))
+        return lambda: ig.attribute(x, baselines=black, target=tgt, n_steps=n, method="riemann_right",
+                                    internal_batch_size=chunk)
+    nt = NoiseTunnel(Saliency(model))
+    flat = x.reshape(x.shape[0], -1)
+    sigma = float(noise_level * (flat.amax(1) - flat.amin(1)).mean())
+    return lambda: nt.attribute(x, nt_type=nt_type, nt_samples=n, nt_samples_batch_size=chunk, stdevs=sigma,
+                                target=tgt, abs=False)
+
+
+def captum_available() -> bool:
+    try:
+        import captum.attr  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+# ---- one comparison ---------------------------------------------------------------------------
+
+def compare(model: nn.Module, x: torch.Tensor, methods: Sequence[str] = ("smoothgrad",), n: int = 50,
+            repeats: int = 3, captum: bool = True, captum_chunks: Sequence[Optional[int]] = (None, 1, 2, 4, 8),
+            floor_chunks: Sequence[int] = (1, 2, 4, 8, 16), variants: Optional[Dict[str, dict]] = None,
+            memory: bool = True, log: Optional[Callable[[str], None]] = None) -> dict:
+    """Time ``methods`` (keys of ``SK_METHODS``) with saliencekit (defaults and ``variants``), Captum
+    (its default and hand-tuned chunks) and the raw floor. The chunk sweeps and the ``variants``
+    (name -> explain speed kwargs) run on the first method; the others use the best chunks found
+    there. Returns a dict with the cases and a summary."""
+    from . import perf
+    from .engine import forward_scores
+
+    dev = x.device
+    with torch.no_grad():
+        target = forward_scores(model, x).argmax(1)
+    first = methods[0]
+    variants = variants or {}
+    log = log or (lambda s: None)
+
+    # a cold first call: includes the chunk calibration (cached afterwards for the process)
+    perf.clear_cache()
+    _sync(dev)
+    t0 = time.perf_counter()
+    sk_case(model, x, target, first, n)()
+    _sync(dev)
+    cold = time.perf_counter() - t0
+    log(f"first saliencekit call (with calibration): {cold:.2f}s")
+
+    groups: Dict[str, List[Case]] = {}
+    best_captum = best_floor = None
+    for mi, name in enumerate(methods):
+        rows = x.shape[0] * n
+        cases = [Case("saliencekit (default)", sk_case(model, x, target, name, n), rows, name, "sk")]
+        for vname, speed in (variants.items() if mi == 0 else ()):
+            cases.append(Case(f"saliencekit {vname}", sk_case(model, x, target, name, n, **speed), rows, name, "sk"))
+        if captum:
+            chunks = list(captum_chunks) if mi == 0 else [None] + ([best_captum] if best_captum else [])
+            for c in chunks:
+                label = "Captum (default: all at once)" if c is None else f"Captum chunk {c}"
+                cases.append(Case(label, captum_case(model, x, target, name, n, c), rows, name, "captum"))
+        fchunks = floor_chunks if mi == 0 else [best_floor]
+        for c in fchunks:
+            cases.append(Case(f"raw floor, chunk {c}", frozen_floor(model, x, target, n, c), rows, name, "floor"))
+        log(f"{name}: {len(cases)} cases x {repeats} rounds")
+        run_interleaved(cases, repeats, dev, memory=memory, log=log)
+        groups[name] = cases
+        if mi == 0:
+            tuned = [c for c in cases if c.kind == "captum" and c.name != "Captum (default: all at once)"]
+            if tuned:
+                best = min(tuned, key=lambda c: c.best)
+                best_captum = int(best.name.rsplit(" ", 1)[1])
+            fl = min((c for c in cases if c.kind == "floor"), key=lambda c: c.best)
+            best_floor = int(fl.name.rsplit(" ", 1)[1])
+    chosen = perf.cached_chunk(model, perf.cache_key(x, perf.get_defaults()))
+    return {"groups": groups, "cold_first_call_s": cold, "auto_chunk": chosen, "n": n, "images": x.shape[0],
+            "input": tuple(x.shape[1:]), "repeats": repeats}
+
+
+def summary_rows(cases: Sequence[Case]) -> Dict[str, float]:
+    sk = next(c for c in cases if c.name == "saliencekit (default)")
+    out = {}
+    default = [c for c in cases if c.name == "Captum (default: all at once)"]
+    tuned = [c for c in cases if c.kind == "captum" and c.name != "Captum (default: all at once)"]
+    floors = [c for c in cases if c.kind == "floor"]
+    if default:
+        out["vs Captum default"] = default[0].best / sk.best
+    if tuned:
+        out["vs Captum best chunk"] = min(c.best for c in tuned) / sk.best
+    if floors:
+        out["vs raw floor"] = min(c.best for c in floors) / sk.best
+    return out
+
+
+GOALS = {"vs Captum default": 3.0, "vs Captum best chunk": 0.95, "vs raw floor": 0.9}
+
+
+def markdown(result: dict, title: str, goals: bool = True) -> str:
+    lines = [f"### {title}", ""]
+    lines.append(f"{result['images']} image(s) of {'x'.join(map(str, result['input']))}, n = {result['n']}, "
+                 f"best of {result['repeats']} interleaved rounds; first saliencekit call including chunk "
+                 f"calibration: {result['cold_first_call_s']:.2f} s; automatic chunk chosen: "
+                 f"{result['auto_chunk'] if result['auto_chunk'] is not None else 'fixed rule (no calibration)'}.")
+    lines.append("")
+    lines.append("| method | case | gradients | best s | median s | gradients/s | relative to saliencekit | "
+                 "peak extra memory MiB |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, cases in result["groups"].items():
+        sk = next(c for c in cases if c.name == "saliencekit (default)")
+        for c in cases:
+            mem = f"{c.peak_bytes / 2**20:.0f}" if c.peak_bytes is not None else "-"
+            lines.append(f"| {name} | {c.name} | {c.rows} | {c.best:.2f} | {c.median:.2f} | {c.rate:.1f} | "
+                         f"{sk.best / c.best:.2f}x | {mem} |")
+    lines.append("")
+    lines.append("| method | " + " | ".join(GOALS) + " |")
+    lines.append("|---|" + "---:|" * len(GOALS))
+    for name, cases in result["groups"].items():
+        s = summary_rows(cases)
+        cells = []
+        for k, goal in GOALS.items():
+            if k not in s:
+                cells.append("-")
+                continue
+            mark = ("met" if s[k] >= goal else "MISSED") if goals else ""
+            cells.append(f"{s[k]:.2f}x (goal >= {goal}x: {mark})" if goals else f"{s[k]:.2f}x")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Ratios are saliencekit's speed over the other's (> 1: saliencekit is faster); 'vs raw floor' "
+                 "is saliencekit's throughput as a share of the bare forward+backward at its best chunk.")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads){gpu}")
+
+
+# ---- the command ------------------------------------------------------------------------------
+
+def register(main) -> None:
+    import click
+
+    @main.command("bench")
+    @click.option("--model", default="efficientnet-lite0", show_default=True, help="Model name (see load_model).")
+    @click.option("--method", "methods", multiple=True, type=click.Choice(sorted(SK_METHODS)),
+                  help="Method(s) to time (repeatable). Default: smoothgrad.")
+    @click.option("--n", "n", default=50, show_default=True, type=int, help="Noise samples / path steps.")
+    @click.option("--images", default=2, show_default=True, type=int, help="How many copies of the sample photos.")
+    @click.option("--size", default=None, type=int, help="Input size (default: the model's).")
+    @click.option("--repeats", default=3, show_default=True, type=int, help="Interleaved timed rounds (best is kept).")
+    @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+    @click.option("--precision", default=None, type=click.Choice(["fp32", "bf16", "fp16"]),
+                  help="Also time saliencekit at this precision (the default run stays fp32).")
+    @click.option("--channels-last", is_flag=True, help="Also time saliencekit with channels_last.")
+    @click.option("--compile", "compile_", is_flag=True, help="Also time saliencekit with torch.compile.")
+    @click.option("--captum/--no-captum", default=True, show_default=True, help="Include Captum (when installed).")
+    @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Also write the table as markdown.")
+    def bench_cmd(model, methods, n, images, size, repeats, device, precision, channels_last, compile_, captum, out):
+        """Time saliencekit against Captum and the raw forward+backward floor on this machine."""
+        from . import data
+        from .cli import resolve_device
+        from .models import get_preprocessing, load_model
+
+        for name, v, lo in (("--n", n, 1), ("--images", images, 1), ("--repeats", repeats, 1)):
+            if v < lo:
+                raise click.BadParameter(f"expected an integer >= {lo}, got {v}", param_hint=name)
+        device = resolve_device(device)
+        try:
+            net = load_model(model, device=device)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--model") from None
+        spec = get_preprocessing(net)
+        photos = [a for _, a in data.sample_images()]
+        x = data.load_images(photos, preprocessing=spec, device=device, size=size)
+        x = torch.cat([x] * ((images + x.shape[0] - 1) // x.shape[0]))[:images]
+        if captum and not captum_available():
+            click.echo("Captum is not installed: timing saliencekit and the raw floor only", err=True)
+            captum = False
+        variants = {}
+        if precision and precision != "fp32":
+            variants[precision] = {"precision": precision}
+        if channels_last:
+            variants["channels_last"] = {"channels_last": True}
+        if compile_:
+            variants["compile"] = {"compile": True}
+        names = list(methods) or ["smoothgrad"]
+        click.echo(f"machine: {machine()}")
+        res = compare(net, x, names, n=n, repeats=repeats, captum=captum, variants=variants,
+                      log=lambda s: click.echo(s, err=True))
+        text = markdown(res, f"{model} on {device}", goals=False)
+        click.echo(text)
+        if out:
+            with open(out, "w") as f:
+                f.write(f"machine: {machine()}\n\n{text}\n")
+            click.echo(f"wrote {out}")

@@ -1,0 +1,405 @@
+"""Speed settings: automatic chunk size, mixed precision, channels_last and ``torch.compile``.
+
+Every gradient method costs forward+backward passes, evaluated by the engine in chunks of rows.
+
+* **Chunk size** (``batch_size=None``, the default): on CPU small chunks are usually fastest, but
+  the best size depends on the model and the machine, so a short calibration times a few
+  candidate sizes (1, 2, 4, ...) with a real forward+backward of the model and keeps the fastest.
+  It runs only when the call has enough rows to amortise it (its rows are at most a fifth of the
+  call's), and the result is cached for the process per (model, per-row input shape, dtype,
+  device, precision, channels_last). Smaller calls use a fixed safe rule. On CUDA the size comes
+  from the free memory and the measured memory of one row; an out-of-memory error halves the
+  chunk and retries the same rows (the halved size is cached). ``batch_size=`` overrides all of it.
+  Rows are folded in a fixed order, so the chunk size never changes which samples are drawn or
+  the order of the sums; kernels (oneDNN convolutions, cuDNN) may round differently for different
+  batch sizes, which is why a fixed ``batch_size`` is the way to get bit-exact maps across runs.
+* **Precision**: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the forward runs under
+  ``torch.autocast`` (the backward follows the dtypes autocast chose), scores and every
+  reduction are float32; fp16 uses a static loss scale (256, retried unscaled on overflow).
+* **channels_last**: points are fed in channels_last memory format and 4-D weights are viewed in
+  channels_last for the call only (the model's own tensors are put back untouched afterwards).
+* **compile**: the forward is ``torch.compile``-d once per model and setting (cached); layer
+  capture still works (hooks are traced). Chunks are padded to a fixed size so no shape change
+  triggers a recompilation. If the compiler is unavailable the call falls back to eager mode
+  with a warning.
+
+Settings are chosen per call (``explain(..., precision=, channels_last=, compile=)``) or for the
+process with :func:`set_defaults`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import time
+import warnings
+import weakref
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+PRECISIONS: Dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
+
+FP16_LOSS_SCALE = 256.0
+CPU_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
+CALIBRATION_SHARE = 5          # calibration rows <= total rows / CALIBRATION_SHARE
+MIN_CANDIDATES = 3             # calibrate only if at least 1, 2, 4 fit in that share
+STOP_FACTOR = 1.25             # stop growing once a size is this much slower per row than the best
+CUDA_MEMORY_FRACTION = 0.8     # share of free memory a chunk may use
+CUDA_MAX_ROWS = 1024
+# Rows of a 224x224 RGB image per chunk on CPU when not calibrating (measured: small chunks are fastest).
+_CPU_ELEMENTS_PER_CHUNK = 3 * 224 * 224
+_CPU_MAX_ROWS = 64
+
+
+# ---- settings ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Settings:
+    """Speed settings of one call (or the process defaults)."""
+
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    calibrate: bool = True
+    compile_backend: Any = "inductor"
+
+    @property
+    def autocast_dtype(self) -> Optional[torch.dtype]:
+        return PRECISIONS[self.precision]
+
+
+_DEFAULTS = Settings()
+
+
+def check_precision(precision) -> str:
+    if isinstance(precision, torch.dtype):
+        for k, v in PRECISIONS.items():
+            if v == precision or (v is None and precision == torch.float32):
+                return k
+        raise ValueError(f"precision: expected fp32, bf16 or fp16, got {precision}")
+    if not isinstance(precision, str):
+        raise TypeError(f"precision: expected 'fp32', 'bf16' or 'fp16', got {type(precision).__name__}")
+    p = _ALIASES.get(precision.lower(), precision.lower())
+    if p not in PRECISIONS:
+        raise ValueError(f"precision: expected 'fp32', 'bf16' or 'fp16', got {precision!r}")
+    return p
+
+
+def _check_bool(name: str, v) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"{name}: expected True or False, got {type(v).__name__}")
+    return v
+
+
+def set_defaults(precision=None, channels_last=None, compile=None, calibrate=None,
+                 compile_backend=None) -> Settings:
+    """Set process-wide defaults for ``explain``; returns the previous defaults.
+
+    ``precision``: ``"fp32" | "bf16" | "fp16"``; ``channels_last``, ``compile``: bool;
+    ``calibrate``: whether automatic chunking may time candidate sizes on CPU (``False``: the
+    fixed rule, deterministic); ``compile_backend``: the ``torch.compile`` backend (default
+    ``"inductor"``; ``"aot_eager"`` traces without generating code). Arguments left at ``None``
+    keep their current value. Pass a ``Settings`` object back to restore it exactly.
+    """
+    global _DEFAULTS
+    old = _DEFAULTS
+    if isinstance(precision, Settings):
+        _DEFAULTS = precision
+        return old
+    new = resolve(precision, channels_last, compile, calibrate)
+    if compile_backend is not None:
+        if not (isinstance(compile_backend, str) or callable(compile_backend)):
+            raise TypeError(f"compile_backend: expected a backend name or callable, "
+                            f"got {type(compile_backend).__name__}")
+        new = replace(new, compile_backend=compile_backend)
+    _DEFAULTS = new
+    return old
+
+
+def get_defaults() -> Settings:
+    return _DEFAULTS
+
+
+def resolve(precision=None, channels_last=None, compile=None, calibrate=None) -> Settings:
+    """Per-call settings: given values validated, the rest from the process defaults."""
+    s = _DEFAULTS
+    kw = {}
+    if precision is not None:
+        kw["precision"] = check_precision(precision)
+    if channels_last is not None:
+        kw["channels_last"] = _check_bool("channels_last", channels_last)
+    if compile is not None:
+        kw["compile"] = _check_bool("compile", compile)
+    if calibrate is not None:
+        kw["calibrate"] = _check_bool("calibrate", calibrate)
+    return replace(s, **kw)
+
+
+# ---- the active call --------------------------------------------------------------------------
+
+@dataclass
+class CallState:
+    model: nn.Module
+    settings: Settings
+
+
+_ACTIVE: contextvars.ContextVar[Optional[CallState]] = contextvars.ContextVar("saliencekit_perf", default=None)
+
+
+def active() -> Optional[CallState]:
+    """The settings of the ``explain`` call in progress (``None`` outside one)."""
+    return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def call_scope(model: nn.Module, settings: Settings):
+    """Make ``settings`` active for engine calls on ``model``; channels_last weights for the call only."""
+    swapped = []
+    token = _ACTIVE.set(CallState(model, settings))
+    try:
+        if settings.channels_last:
+            for p in list(model.parameters()) + list(model.buffers()):
+                if p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last):
+                    orig = p.data
+                    p.data = orig.contiguous(memory_format=torch.channels_last)
+                    swapped.append((p, orig))
+        yield
+    finally:
+        for p, orig in swapped:
+            p.data = orig
+        _ACTIVE.reset(token)
+
+
+def prepare_points(pts: torch.Tensor, st: Optional[CallState]) -> torch.Tensor:
+    if st is not None and st.settings.channels_last and pts.dim() == 4:
+        return pts.contiguous(memory_format=torch.channels_last)
+    return pts
+
+
+def autocast(device: torch.device, st: Optional[CallState]):
+    """Autocast context for the forward (a no-op in fp32)."""
+    dtype = st.settings.autocast_dtype if st is not None else None
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def loss_scale(st: Optional[CallState]) -> float:
+    return FP16_LOSS_SCALE if st is not None and st.settings.precision == "fp16" else 1.0
+
+
+# ---- torch.compile ----------------------------------------------------------------------------
+
+_COMPILED: "weakref.WeakKeyDictionary[nn.Module, Dict[tuple, nn.Module]]" = weakref.WeakKeyDictionary()
+_COMPILE_FAILED: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
+def forward_module(model: nn.Module, st: Optional[CallState], layers=()) -> nn.Module:
+    """The callable to run the forward with: ``model`` itself, or its cached compiled version.
+
+    Runs that capture layers (CAM gradients, unit targets) stay eager: a compiled graph is one
+    autograd node, so its intermediate tensors cannot be differentiated to.
+    """
+    if st is None or not st.settings.compile or model in _COMPILE_FAILED or layers:
+        return model
+    key = (st.settings.precision, st.settings.channels_last, st.settings.compile_backend)
+    per_model = _COMPILED.setdefault(model, {})
+    if key not in per_model:
+        try:
+            per_model[key] = torch.compile(model, dynamic=False, backend=st.settings.compile_backend)
+        except Exception as err:  # e.g. an unknown backend or a platform without dynamo
+            compile_failed(model, err)
+            return model
+    return per_model[key]
+
+
+def compile_failed(model: nn.Module, err: BaseException) -> None:
+    """Remember that compiling ``model`` failed; later calls run eager."""
+    _COMPILE_FAILED[model] = f"{type(err).__name__}: {err}"
+    _COMPILED.pop(model, None)
+    warnings.warn(f"compile=True: torch.compile failed ({type(err).__name__}: {str(err)[:200]}); "
+                  f"running the model eagerly", RuntimeWarning, stacklevel=3)
+
+
+def compiling(model: nn.Module, st: Optional[CallState]) -> bool:
+    return st is not None and st.settings.compile and model not in _COMPILE_FAILED
+
+
+# ---- chunk size -------------------------------------------------------------------------------
+
+class AutoBatch(int):
+    """A chunk size chosen automatically: the engine may halve it on out-of-memory."""
+
+    key: Optional[tuple] = None
+    model_ref = None
+
+
+_CHUNKS: "weakref.WeakKeyDictionary[nn.Module, Dict[tuple, int]]" = weakref.WeakKeyDictionary()
+
+
+def cache_key(x: torch.Tensor, settings: Settings) -> tuple:
+    return (tuple(x.shape[1:]), x.dtype, str(x.device), settings.precision, settings.channels_last,
+            settings.compile)
+
+
+def cached_chunk(model: nn.Module, key: tuple) -> Optional[int]:
+    return _CHUNKS.get(model, {}).get(key)
+
+
+def store_chunk(model: nn.Module, key: tuple, rows: int) -> None:
+    _CHUNKS.setdefault(model, {})[key] = int(rows)
+
+
+def clear_cache() -> None:
+    """Forget calibrated chunk sizes and compiled models (e.g. after changing the machine's load)."""
+    _CHUNKS.clear()
+    _COMPILED.clear()
+    _COMPILE_FAILED.clear()
+
+
+def safe_rows(x: torch.Tensor, total_rows: int) -> int:
+    """Fixed rule without timing: about one 224x224 RGB image per chunk on CPU, 64 rows on CUDA."""
+    per_row = max(1, x[0].numel())
+    if x.device.type == "cuda":
+        rows = 64
+    else:
+        rows = min(_CPU_MAX_ROWS, max(1, _CPU_ELEMENTS_PER_CHUNK // per_row))
+    return max(1, min(rows, total_rows))
+
+
+def cpu_candidates(x: torch.Tensor, total_rows: int) -> Tuple[int, ...]:
+    """Candidate chunk sizes whose calibration fits in a fifth of the call's rows (warm-up + timed run each)."""
+    budget = total_rows // CALIBRATION_SHARE
+    out, used = [], 0
+    for c in CPU_CANDIDATES:
+        if c > total_rows or used + 2 * c > budget:
+            break
+        out.append(c)
+        used += 2 * c
+    return tuple(out)
+
+
+def cuda_rows_from_memory(free_bytes: int, per_row_bytes: int, total_rows: int,
+                          fraction: float = CUDA_MEMORY_FRACTION, cap: int = CUDA_MAX_ROWS) -> int:
+    """Largest power of two of rows whose activations fit in ``fraction`` of the free memory."""
+    if per_row_bytes <= 0:
+        rows = cap
+    else:
+        rows = int(fraction * free_bytes // per_row_bytes)
+    rows = max(1, min(rows, cap, total_rows))
+    p = 1
+    while p * 2 <= rows:
+        p *= 2
+    return p if rows < total_rows else rows
+
+
+def _probe(model: nn.Module, x: torch.Tensor, rows: int, st: CallState) -> None:
+    """One forward+backward of ``rows`` copies of the first image, as the engine runs it."""
+    pts = x[:1].detach().expand(rows, *x.shape[1:]).clone()
+    pts = prepare_points(pts, st).requires_grad_(True)
+    fwd = model  # compiled models are not calibrated (each new size would recompile)
+    with torch.enable_grad():
+        with autocast(pts.device, st):
+            out = fwd(pts)
+        if not isinstance(out, torch.Tensor):
+            from .engine import _as_output
+            out = _as_output(out)
+        torch.autograd.grad(out.float().sum(), pts)
+
+
+def calibrate_cpu(model: nn.Module, x: torch.Tensor, candidates, st: CallState,
+                  timer=time.perf_counter) -> Tuple[int, Dict[int, float]]:
+    """Time each candidate (one warm-up, one timed run); stop once sizes get clearly slower.
+
+    Returns (fastest size, {size: seconds per row}).
+    """
+    per_row: Dict[int, float] = {}
+    best, best_t = candidates[0], float("inf")
+    for c in candidates:
+        _probe(model, x, c, st)
+        t0 = timer()
+        _probe(model, x, c, st)
+        t = (timer() - t0) / c
+        per_row[c] = t
+        if t < best_t:
+            best, best_t = c, t
+        elif t > STOP_FACTOR * best_t:
+            break
+    return best, per_row
+
+
+def _cuda_rows(model: nn.Module, x: torch.Tensor, total_rows: int, st: CallState) -> int:
+    dev = x.device
+    torch.cuda.synchronize(dev)
+    base = torch.cuda.memory_allocated(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    _probe(model, x, 1, st)
+    torch.cuda.synchronize(dev)
+    per_row = torch.cuda.max_memory_allocated(dev) - base
+    free, _ = torch.cuda.mem_get_info(dev)
+    free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+    return cuda_rows_from_memory(free, per_row, total_rows)
+
+
+def auto_rows(x: torch.Tensor, total_rows: int) -> int:
+    """Chunk size for ``total_rows`` rows shaped like ``x[0]`` in the active call (see module doc)."""
+    total_rows = max(1, int(total_rows))
+    st = active()
+    if st is None:
+        return AutoBatch(safe_rows(x, total_rows))
+    model, s = st.model, st.settings
+    key = cache_key(x, s)
+    cached = cached_chunk(model, key)
+    if cached is not None:
+        return _auto(min(cached, total_rows), model, key)
+    if s.compile:
+        return _auto(safe_rows(x, total_rows), model, key)
+    if x.device.type == "cuda":
+        rows = _cuda_rows(model, x, total_rows, st)
+        store_chunk(model, key, rows)
+        return _auto(min(rows, total_rows), model, key)
+    cands = cpu_candidates(x, total_rows) if s.calibrate and x.device.type == "cpu" else ()
+    if len(cands) < MIN_CANDIDATES:
+        return _auto(safe_rows(x, total_rows), model, key)
+    rows, _ = calibrate_cpu(model, x, cands, st)
+    store_chunk(model, key, rows)
+    return _auto(min(rows, total_rows), model, key)
+
+
+def _auto(rows: int, model: nn.Module, key: tuple) -> AutoBatch:
+    a = AutoBatch(rows)
+    a.key = key
+    a.model_ref = weakref.ref(model)
+    return a
+
+
+def back_off(batch: int) -> Optional[int]:
+    """After an out-of-memory error at ``batch`` rows: the next size to try, or ``None`` to give up.
+
+    Only automatic sizes back off (an explicit ``batch_size`` is the user's choice); the halved
+    size is cached so later calls start from it.
+    """
+    if not isinstance(batch, AutoBatch) or int(batch) <= 1:
+        return None
+    rows = int(batch) // 2
+    model = batch.model_ref() if batch.model_ref is not None else None
+    if model is not None and batch.key is not None:
+        store_chunk(model, batch.key, rows)
+        new = _auto(rows, model, batch.key)
+    else:
+        new = AutoBatch(rows)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return new
+
+
+def is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError)
+
+
+__all__ = ["Settings", "set_defaults", "get_defaults", "resolve", "call_scope", "active", "auto_rows",
+           "calibrate_cpu", "cuda_rows_from_memory", "back_off", "clear_cache", "AutoBatch", "PRECISIONS"]
