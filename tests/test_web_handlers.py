@@ -117,6 +117,13 @@ def test_server_binds_loopback_and_sends_security_headers(server):
     assert hdrs["x-content-type-options"] == "nosniff"
     status, body, _ = call(url, "/static/app.js")
     assert status == 200 and b"/api/explain" in body
+    # a page on another origin that rebinds its DNS name to 127.0.0.1 sends its own Host: refused
+    host, port = urllib.parse.urlsplit(url).netloc.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", "/api/info", headers={"Host": f"attacker.example:{port}"})
+    assert conn.getresponse().status == 400
+    conn.close()
+    assert call(url.replace("127.0.0.1", "localhost"), "/api/info")[0] == 200
 
 
 def test_info_is_built_from_the_registry(server):
@@ -497,6 +504,7 @@ def test_job_queue_reports_errors_without_tracebacks():
 def test_cli_serve_defaults_to_loopback(monkeypatch):
     import uvicorn
     from click.testing import CliRunner
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     from saliencekit import cli, models
 
@@ -507,9 +515,17 @@ def test_cli_serve_defaults_to_loopback(monkeypatch):
     assert res.exit_code == 0, res.output
     assert calls["host"] == "127.0.0.1" and calls["port"] == 7860
     assert "http://127.0.0.1:7860/" in res.output
+    loopback_app = calls["app"]
     calls.clear()
     res = CliRunner().invoke(cli.main, ["serve", "--host", "0.0.0.0", "--port", "8123"])
     assert res.exit_code == 0 and calls["host"] == "0.0.0.0" and "warning" in res.output
+
+    def host_checked(app):
+        return any(m.cls is TrustedHostMiddleware for m in app.user_middleware)
+
+    assert host_checked(loopback_app) and not host_checked(calls["app"])
+    for app in (loopback_app, calls["app"]):
+        app.state.jobs.stop()
     res = CliRunner().invoke(cli.main, ["serve", "--port", "70000"])
     assert res.exit_code != 0 and "--port" in res.output
     if not torch.cuda.is_available():

@@ -22,7 +22,7 @@ def register(main: click.Group) -> None:
         try:
             import uvicorn
 
-            from .web import create_app, is_loopback
+            from .web.app import LOOPBACK_HOSTS, create_app, is_loopback
         except ImportError as e:  # pragma: no cover - declared dependencies
             raise click.ClickException(f"the web explorer needs starlette and uvicorn ({e}); "
                                        f"reinstall saliencekit") from None
@@ -35,7 +35,8 @@ def register(main: click.Group) -> None:
         if not is_loopback(host):
             click.echo(f"warning: binding to {host}: the explorer is reachable from other machines; it has no "
                        f"authentication.", err=True)
-        app = create_app(net, model, max_upload_bytes=int(max_upload_mb * 1_000_000))
+        app = create_app(net, model, max_upload_bytes=int(max_upload_mb * 1_000_000),
+                         allowed_hosts=LOOPBACK_HOSTS if is_loopback(host) else None)
         shown = f"[{host}]" if ":" in host else host
         click.echo(f"saliencekit explorer: http://{shown}:{port}/  (model {model} on {device}; Ctrl+C to stop)")
         uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -25,11 +25,12 @@ import re
 import threading
 import time
 from importlib import resources
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import torch
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -40,6 +41,7 @@ from .jobs import JobQueue, QueueFull
 log = logging.getLogger("saliencekit.web")
 
 MAX_JSON_BYTES = 64 * 1024
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 STATIC_TYPES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
                 "style.css": "text/css; charset=utf-8"}
 SECURITY_HEADERS = {
@@ -97,10 +99,14 @@ class _SecurityHeaders:
 
 
 def create_app(model: torch.nn.Module, model_name: str = "model", *, max_upload_bytes: Optional[int] = None,
-               max_pending: int = 16, explorer: Optional[Explorer] = None, **explorer_options) -> Starlette:
+               max_pending: int = 16, explorer: Optional[Explorer] = None,
+               allowed_hosts: Optional[Sequence[str]] = LOOPBACK_HOSTS, **explorer_options) -> Starlette:
     """The explorer app for ``model`` (an ``nn.Module``; ``load_model`` attaches class names and
     preprocessing). ``max_upload_bytes`` caps uploads (default 10 MB); ``max_pending`` caps the
-    queue of waiting runs. The app's ``state`` holds ``explorer`` and ``jobs`` (for tests)."""
+    queue of waiting runs. ``allowed_hosts`` are the names the browser may use in the Host header
+    (default: loopback names only, which stops DNS-rebinding pages from reaching a local server;
+    ``None`` or ``["*"]`` accepts any, for a server bound to a public interface). The app's
+    ``state`` holds ``explorer`` and ``jobs`` (for tests)."""
     if explorer is None:
         if max_upload_bytes is not None:
             explorer_options["max_upload_bytes"] = max_upload_bytes
@@ -209,6 +215,8 @@ def create_app(model: torch.nn.Module, model_name: str = "model", *, max_upload_
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: not_found, 405: not_found, 500: server_error})
     app.add_middleware(_SecurityHeaders)
+    if allowed_hosts is not None and "*" not in allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)
     app.state.explorer = explorer
     app.state.jobs = jobs
     return app
@@ -227,6 +235,8 @@ def serve(model: str | torch.nn.Module = "efficientnet-lite0", host: str = "127.
 
     name = model if isinstance(model, str) else type(model).__name__
     net = load_model(model, device=device) if isinstance(model, str) else model.to(device)
+    if not is_loopback(host):
+        options.setdefault("allowed_hosts", None)
     app = create_app(net, name, **options)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
