@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_same_state, model_state
@@ -287,7 +288,8 @@ def test_sign_aware_methods_refuse_custom_targets(tiny_cnn, images):
             sk.explain(tiny_cnn, images, method, target=lambda out: out[:, 0])
 
 
-@pytest.mark.parametrize("target", [2, [2, 2, 2], torch.tensor([2, 2, 2]), torch.tensor(2)])
+@pytest.mark.parametrize("target", [2, [2, 2, 2], torch.tensor([2, 2, 2]), torch.tensor(2), np.int64(2),
+                                    np.array([2, 2, 2]), (2, 2, 2)])
 def test_target_forms_agree(tiny_cnn, images, target):
     e = sk.explain(tiny_cnn, images, "gradient", target=target)
     assert e.targets.tolist() == [2, 2, 2] and e.targets.dtype == torch.long

@@ -55,6 +55,10 @@ def test_target_wrong_count_and_type(tiny_cnn, images):
     _refused(TypeError, "target", sk.explain, tiny_cnn, images, "gradient", target=torch.tensor([0.0, 1.0, 2.0]))
     _refused(ValueError, "target", sk.explain, tiny_cnn, images, "gradient", target="top1")
     _refused(TypeError, "target", sk.explain, tiny_cnn, images, "gradient", target=True)
+    import numpy as np
+
+    _refused(TypeError, "target", sk.explain, tiny_cnn, images, "gradient", target=np.array([0.5, 1.0, 2.0]))
+    _refused(ValueError, "target", sk.explain, tiny_cnn, images, "gradient", target=np.array([0, 1, 5]))
 
 
 def test_unknown_method(tiny_cnn, images):

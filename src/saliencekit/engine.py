@@ -10,7 +10,13 @@ it to ``on_sample(i, j, G_ij, point)``, where the method folds it into running s
 therefore O(chunk) whatever the number of samples.
 
 Rows are folded in a fixed order (one add per row, in (i, j, s) order), and noise is a pure
-function of (seed, i, j), so results are bit-identical for any chunk size.
+function of (seed, i, j), so the engine itself adds nothing that depends on the chunk size: maps
+are bit-identical for any chunk size whenever the model computes each row independently of the
+batch size (float64; float32 with native kernels). PyTorch's CPU float32 convolutions do not
+always: ATen picks the kernel by batch size (a batch of 1 with a small input runs the native
+kernel, larger batches oneDNN; NNPACK for 16+ rows when oneDNN is off), and those round
+differently, so float32 maps for different chunk sizes agree to rounding (where a last-bit change
+flips a ReLU kink, locally more). A fixed ``batch_size`` gives bit-identical maps run after run.
 """
 
 from __future__ import annotations

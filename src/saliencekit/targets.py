@@ -8,8 +8,10 @@ callable mapping the model's output (rows x classes) to one score per row.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -35,7 +37,7 @@ def apply_space(outputs: torch.Tensor, space: str) -> torch.Tensor:
 
 def is_custom_target(target: Any) -> bool:
     """True for unit targets / callables (anything that is not a class index spec)."""
-    if isinstance(target, (str, int, torch.Tensor, Sequence)) and not hasattr(target, "score"):
+    if isinstance(target, (str, numbers.Integral, torch.Tensor, np.ndarray, Sequence)) and not hasattr(target, "score"):
         return False
     return hasattr(target, "score") or callable(target)
 
@@ -51,8 +53,14 @@ def resolve_classes(target: Any, outputs: torch.Tensor) -> torch.Tensor:
             raise ValueError(f"target: expected 'predicted', an int, a sequence or a tensor of "
                              f"class indices, got the string {target!r}")
         return outputs.argmax(dim=1).long()
-    if isinstance(target, bool):
+    if isinstance(target, (bool, np.bool_)):
         raise TypeError("target: expected a class index, got a bool")
+    if isinstance(target, np.ndarray):  # numpy class indices, like a tensor
+        if not np.issubdtype(target.dtype, np.integer):
+            raise TypeError(f"target: expected integer class indices, got a numpy array of dtype {target.dtype}")
+        target = torch.from_numpy(np.ascontiguousarray(target)).long()
+    if isinstance(target, numbers.Integral):
+        target = int(target)
     if isinstance(target, int):
         idx = torch.full((b,), target, dtype=torch.long, device=outputs.device)
     elif isinstance(target, torch.Tensor):
