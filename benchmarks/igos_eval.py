@@ -8,6 +8,11 @@ skipped. Phase 2 (cheap): ``metrics`` loads the maps and scores them with
 
     python benchmarks/igos_eval.py maps --n 32 --mask-size 28 --out /tmp/igos_maps
     python benchmarks/igos_eval.py metrics --n 32 --mask-size 28 --out /tmp/igos_maps
+    python benchmarks/igos_eval.py compare --n 50 --methods gradient,integrated_gradients,smoothgrad,gradcam \
+        --igos-sizes 28,14 --protocols rise,igos --out /tmp/igos_maps
+
+``compare`` scores other methods' default heatmaps (computed here, seed 0) next to the I-GOS maps
+already saved by ``maps`` (for each size in ``--igos-sizes``; only the contiguous images present).
 """
 
 from __future__ import annotations
@@ -92,9 +97,42 @@ def metrics(args):
                       "igos_time_s_per_image": round(t / n, 1), **res}))
 
 
+def score(model, x, heat, tgt, protocols):
+    from saliencekit import metrics as M
+
+    out = {}
+    for proto in protocols:
+        dele = M.deletion(model, x, heat, target=tgt, step=224, protocol=proto).auc
+        ins = M.insertion(model, x, heat, target=tgt, step=224, protocol=proto).auc
+        out[proto] = {"deletion": round(float(dele.mean()), 4), "insertion": round(float(ins.mean()), 4)}
+    return out
+
+
+def compare(args):
+    torch.set_num_threads(args.threads)
+    model = sk.load_model("efficientnet-lite0")
+    _, x = load(args.n, model)
+    protocols = args.protocols.split(",")
+    for size in [s for s in args.igos_sizes.split(",") if s]:
+        heat, tgt, _ = gather(Path(args.out), args.n, int(size), args.tag)
+        n = heat.shape[0]
+        print(json.dumps({"method": f"igos{size}", "n": n, **score(model, x[:n], heat, tgt, protocols)}), flush=True)
+    for name in [m for m in args.methods.split(",") if m]:
+        if name not in sk.list_methods():
+            print(json.dumps({"method": name, "skipped": "not registered"}), flush=True)
+            continue
+        heats, tgts = [], []
+        for a in range(0, args.n, args.group):
+            e = sk.explain(model, x[a:a + args.group], name, seed=0, image_ids=list(range(a, min(args.n, a + args.group))))
+            heats.append(e.heatmap())
+            tgts.append(e.targets)
+        heat, tgt = torch.cat(heats), torch.cat(tgts)
+        print(json.dumps({"method": name, "n": args.n, **score(model, x, heat, tgt, protocols)}), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("phase", choices=["maps", "metrics"])
+    ap.add_argument("phase", choices=["maps", "metrics", "compare"])
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--group", type=int, default=4)
@@ -105,8 +143,10 @@ def main():
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", default="/tmp/igos_maps")
     ap.add_argument("--protocols", default="rise")
+    ap.add_argument("--methods", default="gradient,integrated_gradients,smoothgrad,gradcam")
+    ap.add_argument("--igos-sizes", default="28")
     args = ap.parse_args()
-    compute_maps(args) if args.phase == "maps" else metrics(args)
+    {"maps": compute_maps, "metrics": metrics, "compare": compare}[args.phase](args)
 
 
 if __name__ == "__main__":
