@@ -106,8 +106,8 @@ def part_drift(args) -> None:
     rows = []
     for method, opts in (("smoothgrad", {"n_samples": 50}), ("integrated_gradients", {"n_steps": 50})):
         ref = sk.explain(model, x, method, **opts)
-        for name, speed in (("bf16", {"precision": "bf16"}), ("fp16", {"precision": "fp16"}),
-                            ("channels_last", {"channels_last": True})):
+        for name in args.drift_settings.split(","):
+            speed = {"channels_last": True} if name == "channels_last" else {"precision": name}
             t0 = time.perf_counter()
             e = sk.explain(model, x, method, **speed, **opts)
             dt = time.perf_counter() - t0
@@ -150,7 +150,7 @@ def part_memory(args) -> None:
     rows = []
     for n in (int(v) for v in args.memory_n.split(",")):
         cmd = [sys.executable, __file__, "--part", "memory-child", "--n", str(n), "--size", str(args.size),
-               "--batch-size", str(args.batch_size)]
+               "--batch-size", str(args.batch_size)] + (["--threads", str(args.threads)] if args.threads else [])
         log(" ".join(cmd))
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
@@ -176,10 +176,15 @@ def main() -> None:
     ap.add_argument("--variants", default="", help="comma-separated, e.g. bf16,channels_last,bf16+channels_last")
     ap.add_argument("--sample-dir", default=str(HERE.parents[1] / "shared" / "data" / "imagenet-sample"))
     ap.add_argument("--drift-images", type=int, default=4)
+    ap.add_argument("--drift-settings", default="bf16,channels_last", help="bf16, fp16, channels_last")
     ap.add_argument("--memory-n", default="50,1000")
     ap.add_argument("--size", type=int, default=448)
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's); 1 on an oversubscribed CPU")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.part in ("effnet", "resnet"):
         part_timing(args, args.part)
     elif args.part == "drift":

@@ -10,8 +10,8 @@ the same way:
 * the **raw floor** is the model's forward plus ``autograd.grad`` w.r.t. the input of the same
   number of rows, with nothing else (no noise, no reduction), at the same precision and memory
   format, at the best chunk size of a sweep;
-* peak memory comes from one extra, untimed run per case: on CUDA ``max_memory_allocated``; on CPU
-  the resident set size sampled every 10 ms by a thread, minus the size just before the run.
+* peak memory comes from the untimed warm-up run of each case: on CUDA ``max_memory_allocated``;
+  on CPU the resident set size sampled every 10 ms by a thread, minus the size just before the run.
 """
 
 from __future__ import annotations
@@ -110,9 +110,15 @@ class Case:
 
 def run_interleaved(cases: Sequence[Case], repeats: int, device: torch.device, memory: bool = True,
                     log: Optional[Callable[[str], None]] = None) -> None:
-    """One untimed warm-up run per case, then ``repeats`` interleaved timed rounds, then memory."""
+    """One untimed warm-up run per case (its peak memory is recorded), then ``repeats`` interleaved
+    timed rounds."""
     for c in cases:
-        c.fn()
+        if memory:
+            with peak_memory(device) as box:
+                c.fn()
+            c.peak_bytes = box["bytes"]
+        else:
+            c.fn()
     for r in range(repeats):
         for c in cases:
             _sync(device)
@@ -122,11 +128,6 @@ def run_interleaved(cases: Sequence[Case], repeats: int, device: torch.device, m
             c.times.append(time.perf_counter() - t0)
         if log:
             log(f"  round {r + 1}/{repeats}: " + ", ".join(f"{c.name} {c.times[-1]:.2f}s" for c in cases))
-    if memory:
-        for c in cases:
-            with peak_memory(device) as box:
-                c.fn()
-            c.peak_bytes = box["bytes"]
 
 
 # ---- the cases --------------------------------------------------------------------------------
@@ -349,8 +350,11 @@ def register(main) -> None:
     @click.option("--channels-last", is_flag=True, help="Also time saliencekit with channels_last.")
     @click.option("--compile", "compile_", is_flag=True, help="Also time saliencekit with torch.compile.")
     @click.option("--captum/--no-captum", default=True, show_default=True, help="Include Captum (when installed).")
+    @click.option("--threads", default=None, type=int,
+                  help="torch intra-op threads for the run (default: torch's; 1 helps on an oversubscribed CPU).")
     @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Also write the table as markdown.")
-    def bench_cmd(model, methods, n, images, size, repeats, device, precision, channels_last, compile_, captum, out):
+    def bench_cmd(model, methods, n, images, size, repeats, device, precision, channels_last, compile_, captum,
+                  threads, out):
         """Time saliencekit against Captum and the raw forward+backward floor on this machine."""
         from . import data
         from .cli import resolve_device
@@ -359,6 +363,10 @@ def register(main) -> None:
         for name, v, lo in (("--n", n, 1), ("--images", images, 1), ("--repeats", repeats, 1)):
             if v < lo:
                 raise click.BadParameter(f"expected an integer >= {lo}, got {v}", param_hint=name)
+        if threads is not None:
+            if threads < 1:
+                raise click.BadParameter(f"expected an integer >= 1, got {threads}", param_hint="--threads")
+            torch.set_num_threads(threads)
         device = resolve_device(device)
         try:
             net = load_model(model, device=device)

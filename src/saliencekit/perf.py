@@ -332,17 +332,23 @@ def calibrate_cpu(model: nn.Module, x: torch.Tensor, candidates, st: CallState,
     return best, per_row
 
 
-def _cuda_rows(model: nn.Module, x: torch.Tensor, total_rows: int, st: CallState) -> int:
+def _cuda_rows(model: nn.Module, x: torch.Tensor, st: CallState) -> int:
+    """Rows per chunk from the free memory and the measured peak of a one-row forward+backward
+    (an over-estimate per row: it includes fixed workspaces), not capped by any call's size."""
     dev = x.device
     torch.cuda.synchronize(dev)
     base = torch.cuda.memory_allocated(dev)
     torch.cuda.reset_peak_memory_stats(dev)
-    _probe(model, x, 1, st)
+    try:
+        _probe(model, x, 1, st)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return 1
     torch.cuda.synchronize(dev)
     per_row = torch.cuda.max_memory_allocated(dev) - base
     free, _ = torch.cuda.mem_get_info(dev)
     free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
-    return cuda_rows_from_memory(free, per_row, total_rows)
+    return cuda_rows_from_memory(free, per_row, CUDA_MAX_ROWS)
 
 
 def auto_rows(x: torch.Tensor, total_rows: int) -> int:
@@ -356,12 +362,12 @@ def auto_rows(x: torch.Tensor, total_rows: int) -> int:
     cached = cached_chunk(model, key)
     if cached is not None:
         return _auto(min(cached, total_rows), model, key)
-    if s.compile:
-        return _auto(safe_rows(x, total_rows), model, key)
     if x.device.type == "cuda":
-        rows = _cuda_rows(model, x, total_rows, st)
+        rows = _cuda_rows(model, x, st)
         store_chunk(model, key, rows)
         return _auto(min(rows, total_rows), model, key)
+    if s.compile:  # timing candidate sizes would compile each of them
+        return _auto(safe_rows(x, total_rows), model, key)
     cands = cpu_candidates(x, total_rows) if s.calibrate and x.device.type == "cpu" else ()
     if len(cands) < MIN_CANDIDATES:
         return _auto(safe_rows(x, total_rows), model, key)
