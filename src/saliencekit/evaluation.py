@@ -195,8 +195,8 @@ def evaluate_images(model, images: Sequence[tuple[str, torch.Tensor]], methods: 
 
     ``target``: ``"predicted"`` (top-1 on the clean image) or ``"label"`` (``labels[name]``).
     ``done``: a set of ``(image, method)`` pairs to skip (resume). ``progress(k)`` is called after
-    each (block, method) with the number of images; ``on_block(result)`` after each block with
-    that block's rows (for incremental writing). Returns all rows.
+    each (block, method) with the number of images; ``on_block(result)`` after each (block, method)
+    with its rows (for incremental writing). Returns all rows.
     """
     check_names(methods, metrics)
     if target not in ("predicted", "label"):
@@ -223,47 +223,42 @@ def evaluate_images(model, images: Sequence[tuple[str, torch.Tensor]], methods: 
             classes_all = torch.tensor([labels[n] for n in names], device=dev)
         else:
             with M._common.guarded(model):
-                classes_all = M._common.outputs(model, x, batch_size).argmax(1)
+                classes_all = torch.cat([M._common.outputs(model, x[k:k + 1]).argmax(1) for k in range(len(names))])
         res = EvalResult()
         for name in methods:
             sel = [k for k, n in enumerate(names) if (n, name) not in done]
-            if not sel:
-                if progress:
-                    progress(len(names))
-                continue
-            idx = torch.tensor(sel, device=dev)
-            xs, x01s, cls = x[idx], x01[idx], classes_all[idx]
-            ids = [image_id(names[k]) for k in sel]
-            t0 = time.perf_counter()
-            heat, tv, extras = _maps(model, xs, x01s, name, cls, ids, seed, method_options, batch_size)
-            dt = (time.perf_counter() - t0) / len(sel)
+            # one image at a time: every forward chunk holds rows of a single image, so the values
+            # (to the last bit) do not depend on which images share the block
             for k in sel:
-                res.timings.append({"image": names[k], "method": name, "stage": "explain", "seconds": dt})
-            for j, k in enumerate(sel):
-                for key, v in extras[j].items():
-                    res.extras.append({"image": names[k], "method": name, "key": key, "value": float(v)})
-            for metric in metrics:
+                xs, x01s, cls = x[k:k + 1], x01[k:k + 1], classes_all[k:k + 1]
+                ids = [image_id(names[k])]
                 t0 = time.perf_counter()
-                vals, curves = _metric(model, metric, xs, x01s, heat, tv, cls, ids, name, seed,
-                                       dict(mopts.get(metric) or {}), batch_size)
-                dt = (time.perf_counter() - t0) / len(sel)
-                vals = vals.detach().double().cpu().tolist()
-                for j, k in enumerate(sel):
-                    res.rows.append({"image": names[k], "class_index": int(cls[j]), "method": name,
-                                     "metric": metric, "value": vals[j]})
-                    res.timings.append({"image": names[k], "method": name, "stage": metric, "seconds": dt})
+                heat, tv, extras = _maps(model, xs, x01s, name, cls, ids, seed, method_options, batch_size)
+                res.timings.append({"image": names[k], "method": name, "stage": "explain",
+                                    "seconds": time.perf_counter() - t0})
+                for key, v in extras[0].items():
+                    res.extras.append({"image": names[k], "method": name, "key": key, "value": float(v)})
+                for metric in metrics:
+                    t0 = time.perf_counter()
+                    vals, curves = _metric(model, metric, xs, x01s, heat, tv, cls, ids, name, seed,
+                                           dict(mopts.get(metric) or {}), batch_size)
+                    res.rows.append({"image": names[k], "class_index": int(cls[0]), "method": name,
+                                     "metric": metric, "value": float(vals.detach().double().cpu()[0])})
+                    res.timings.append({"image": names[k], "method": name, "stage": metric,
+                                        "seconds": time.perf_counter() - t0})
                     if curves is not None:
-                        for s, v in enumerate(curves[j].detach().double().cpu().tolist()):
+                        for st, v in enumerate(curves[0].detach().double().cpu().tolist()):
                             res.curves.append({"image": names[k], "method": name, "metric": metric,
-                                               "step": s, "value": v})
+                                               "step": st, "value": v})
             if progress:
                 progress(len(names))
-        if on_block:
-            on_block(res)
-        out.rows += res.rows
-        out.curves += res.curves
-        out.timings += res.timings
-        out.extras += res.extras
+            if on_block:  # hand over each (block, method) as soon as it is finished
+                on_block(res)
+            out.rows += res.rows
+            out.curves += res.curves
+            out.timings += res.timings
+            out.extras += res.extras
+            res = EvalResult()
     return out
 
 
