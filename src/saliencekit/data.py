@@ -114,3 +114,6 @@ def load_labels(folder: Union[str, Path]) -> dict:
 def iter_batches(seq: Sequence, size: int) -> Iterable[Sequence]:
     for i in range(0, len(seq), size):
         yield seq[i:i + size]
+
+
+from .synthetic import synthetic_shapes  # noqa: E402,F401  (synthetic data set with ground-truth masks)
