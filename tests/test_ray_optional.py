@@ -102,3 +102,17 @@ def test_ray_options_need_the_ray_backend(tmp_path, args, hint):
 
     r = CliRunner().invoke(main, ["evaluate", "--out", str(tmp_path / "o")] + args)
     assert r.exit_code == 2 and hint in r.output and "only with --backend ray" in r.output
+
+
+def test_unreachable_address_fails_fast():
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConnectionError, match="nothing answers"):
+        dist._check_reachable(f"127.0.0.1:{port}", timeout=2)
+    with pytest.raises(ValueError, match="address"):
+        dist._check_reachable("localhost")
+    dist._check_reachable("auto")
+    dist._check_reachable(None)

@@ -188,7 +188,8 @@ def register(main: click.Group) -> None:
                   help="Evaluate in this process, or block by block on a Ray cluster "
                        "(pip install 'saliencekit[ray]'; see docs/distributed.md).")
     @click.option("--address", default=None,
-                  help="Ray cluster: 'auto' (the one running here) or HOST:PORT. Default: a new local Ray instance.")
+                  help="Ray cluster: 'auto' (the one started here with `ray start`) or HOST:PORT. Default: "
+                       "$RAY_ADDRESS, else a cluster started here, else a new local Ray instance for this run.")
     @click.option("--workers", default=None, type=int,
                   help="Ray workers (actors). Default: as many as the cluster's CPUs (or GPUs) allow.")
     @click.option("--num-gpus-per-worker", default=0.0, show_default=True, type=float,

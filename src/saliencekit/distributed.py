@@ -32,6 +32,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -278,19 +279,43 @@ _DEAD_WORKER_ERRORS = ("RayActorError", "WorkerCrashedError", "NodeDiedError", "
 
 
 def _worker_count(ray, workers: Optional[int], num_cpus: float, num_gpus: float, n_blocks: int) -> int:
+    """Actors to start: ``workers`` or as many as the cluster holds, never more than fit (an actor
+    that cannot be placed would wait forever) nor more than there are blocks."""
     res = ray.cluster_resources()
+    cap = int(res.get("CPU", 0) // num_cpus)
+    if cap == 0:
+        raise ValueError(f"num_cpus_per_worker: the Ray cluster has {res.get('CPU', 0):g} CPU(s), "
+                         f"fewer than one worker needs ({num_cpus:g})")
     if num_gpus > 0:
-        cap = int(res.get("GPU", 0) // num_gpus)
-        if cap == 0:
+        gpu_cap = int(res.get("GPU", 0) // num_gpus)
+        if gpu_cap == 0:
             raise ValueError(f"num_gpus_per_worker: {num_gpus:g} GPU per worker, but the Ray cluster has "
                              f"{res.get('GPU', 0):g} GPU(s)")
-    else:
-        cap = int(res.get("CPU", 0) // num_cpus)
-        if cap == 0:
-            raise ValueError(f"num_cpus_per_worker: the Ray cluster has {res.get('CPU', 0):g} CPU(s), "
-                             f"fewer than one worker needs ({num_cpus:g})")
-    n = cap if workers is None else min(workers, cap)  # more actors than fit would wait forever
+        cap = min(cap, gpu_cap)
+    if workers is not None and workers > cap:
+        warnings.warn(f"workers: the Ray cluster holds {cap} worker(s) of {num_cpus:g} CPU / {num_gpus:g} GPU, "
+                      f"not {workers}; using {cap}", stacklevel=3)
+    n = cap if workers is None else min(workers, cap)
     return max(1, min(n, n_blocks))
+
+
+def _check_reachable(address: Optional[str], timeout: float = 10.0) -> None:
+    """Fail fast on a ``HOST:PORT`` nobody listens on (Ray itself keeps retrying for minutes)."""
+    if address is None or address == "auto":
+        return
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"address: expected 'auto' or HOST:PORT, got {address!r}")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise ConnectionError(f"address: nothing answers at {address} ({e}); start the cluster with "
+                              f"`ray start --head --port={port}` there, or leave --address out for a local "
+                              f"Ray instance") from None
 
 
 def _check_number(name: str, v, positive: bool) -> float:
@@ -341,6 +366,7 @@ def run_blocks(blocks: Dict[int, List[Tuple[str, Any]]], on_block: Callable[[int
 
     started = False
     if not ray.is_initialized():
+        _check_reachable(address)
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
         except ConnectionError as e:
