@@ -88,8 +88,8 @@ def metrics(args):
     _, x = load(n, model)
     res = {}
     for proto in args.protocols.split(","):
-        dele = M.deletion(model, x, heat, target=tgt, step=224, protocol=proto).auc
-        ins = M.insertion(model, x, heat, target=tgt, step=224, protocol=proto).auc
+        dele = _auc(M.deletion(model, x, heat, target=tgt, step=224, protocol=proto))
+        ins = _auc(M.insertion(model, x, heat, target=tgt, step=224, protocol=proto))
         res[proto] = {"deletion": round(float(dele.mean()), 4), "insertion": round(float(ins.mean()), 4),
                       "deletion_per_image": [round(v, 4) for v in dele.tolist()],
                       "insertion_per_image": [round(v, 4) for v in ins.tolist()]}
@@ -97,13 +97,17 @@ def metrics(args):
                       "igos_time_s_per_image": round(t / n, 1), **res}))
 
 
+def _auc(r):
+    return r.auc if hasattr(r, "auc") else r  # deletion / insertion return the AUC tensor (or a CurveResult)
+
+
 def score(model, x, heat, tgt, protocols):
     from saliencekit import metrics as M
 
     out = {}
     for proto in protocols:
-        dele = M.deletion(model, x, heat, target=tgt, step=224, protocol=proto).auc
-        ins = M.insertion(model, x, heat, target=tgt, step=224, protocol=proto).auc
+        dele = _auc(M.deletion(model, x, heat, target=tgt, step=224, protocol=proto))
+        ins = _auc(M.insertion(model, x, heat, target=tgt, step=224, protocol=proto))
         out[proto] = {"deletion": round(float(dele.mean()), 4), "insertion": round(float(ins.mean()), 4)}
     return out
 
