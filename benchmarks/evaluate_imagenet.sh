@@ -5,7 +5,7 @@
 set -euo pipefail
 DATA=${1:-../shared/data/imagenet-sample}
 OUT=${2:-eval-imagenet}
-N=${3:-4}
+N=${3:-2}
 SK=${SK:-saliencekit}
 COMMON=(--model efficientnet-lite0 --seed 0 --block-size 2 --batch-size 8)
 SAMPLES=(-o smoothgrad.n_samples=8 -o integrated_gradients.n_steps=8 -o smoothtaylor.n_samples=10
@@ -14,7 +14,7 @@ STEPS=(-M deletion.step=6272 -M insertion.step=6272)
 
 # 1. all methods, faithfulness / noise / confidence metrics
 $SK evaluate "$DATA" "${COMMON[@]}" --limit "$N" --out "$OUT/main" --skip-missing \
-  --methods gradient,original,positive,negative,active,inactive,smoothgrad,smoothgrad_square,smoothgrad_var,ig_black,ig_blur,smoothtaylor,gradcam,gradcampp,smoothgradcampp,random \
+  --methods gradient,original,positive,negative,gradcam,gradcampp,ig_black,smoothtaylor,ig_blur,random,smoothgrad,smoothgrad_square,smoothgrad_var,smoothgradcampp,active,inactive \
   --metrics deletion,insertion,autvc,average_drop,increase_in_confidence "${SAMPLES[@]}" "${STEPS[@]}"
 
 # 2. allegiance of the sign-aware maps (black deletion; white for negative / inactive)
