@@ -71,7 +71,7 @@ def part_timing(args, which: str) -> None:
     if which == "effnet":
         model = sk.load_model("efficientnet-lite0", device=dev)
         title = "EfficientNet-Lite0 (pretrained)"
-        n, methods = args.n or 50, ["smoothgrad", "smoothgrad_sq", "vargrad", "ig"]
+        n, methods = args.n or 50, args.methods.split(",")
     else:
         from resnet50 import resnet50
 
@@ -82,7 +82,7 @@ def part_timing(args, which: str) -> None:
     res = cli_bench.compare(model, x, methods, n=n, repeats=args.repeats,
                             captum_chunks=tuple([None] + [int(c) for c in args.captum_chunks.split(",")]),
                             floor_chunks=tuple(int(c) for c in args.floor_chunks.split(",")),
-                            variants=variants_for(args), log=log)
+                            variants=variants_for(args), log=log, warmup=not args.no_warmup)
     write(f"{which}_{args.device}", cli_bench.markdown(res, f"{title}, {args.device}"))
 
 
@@ -104,10 +104,13 @@ def part_drift(args) -> None:
         x = photos(model, 2)
         src = "the 2 bundled sample photos"
     rows = []
-    for method, opts in (("smoothgrad", {"n_samples": 50}), ("integrated_gradients", {"n_steps": 50})):
+    all_opts = {"smoothgrad": {"n_samples": 50}, "integrated_gradients": {"n_steps": 50}}
+    for method in args.drift_methods.split(","):
+        opts = all_opts[method]
         ref = sk.explain(model, x, method, **opts)
         for name in args.drift_settings.split(","):
-            speed = {"channels_last": True} if name == "channels_last" else {"precision": name}
+            speed = {"channels_last": True} if name == "channels_last" else \
+                {"seed": 1} if name == "fp32, seed 1" else {"precision": name}
             t0 = time.perf_counter()
             e = sk.explain(model, x, method, **speed, **opts)
             dt = time.perf_counter() - t0
@@ -129,11 +132,19 @@ def part_drift(args) -> None:
         d = f"{r['ig_delta_fp32']:.4f} -> {r['ig_delta']:.4f}" if "ig_delta" in r else "-"
         lines.append(f"| {r['method']} | {r['setting']} | {r['spearman_mean']:.4f} / {r['spearman_min']:.4f} | "
                      f"{r['max_rel_diff']:.2e} | {d} |")
-    write("drift", "\n".join(lines))
+    write("drift_" + "_".join(args.drift_settings.replace(",", " ").split()), "\n".join(lines))
 
 
-def _memory_child(n: int, size: int, batch_size: int) -> None:
-    model = sk.load_model("efficientnet-lite0")
+def small_cnn() -> torch.nn.Module:
+    """A small full-resolution CNN (cheap enough for n = 1000 at 448x448 on a busy CPU), seeded weights."""
+    nn = torch.nn
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 1000)).eval()
+
+
+def _memory_child(n: int, size: int, batch_size: int, model_name: str) -> None:
+    model = small_cnn() if model_name == "small" else sk.load_model(model_name)
     x = photos(model, 1, size=size)
     sk.explain(model, x, "smoothgrad", n_samples=2, batch_size=batch_size)   # warm-up (allocator, kernels)
     with cli_bench.peak_memory(torch.device("cpu")) as box:
@@ -142,7 +153,8 @@ def _memory_child(n: int, size: int, batch_size: int) -> None:
         dt = time.perf_counter() - t0
     import resource
 
-    print(json.dumps({"n": n, "size": size, "batch_size": batch_size, "peak_extra_mib": box["bytes"] / 2**20,
+    print(json.dumps({"model": model_name, "n": n, "size": size, "batch_size": batch_size,
+                      "peak_extra_mib": box["bytes"] / 2**20,
                       "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "time_s": dt}))
 
 
@@ -150,18 +162,21 @@ def part_memory(args) -> None:
     rows = []
     for n in (int(v) for v in args.memory_n.split(",")):
         cmd = [sys.executable, __file__, "--part", "memory-child", "--n", str(n), "--size", str(args.size),
-               "--batch-size", str(args.batch_size)] + (["--threads", str(args.threads)] if args.threads else [])
+               "--batch-size", str(args.batch_size), "--memory-model", args.memory_model]
+        cmd += ["--threads", str(args.threads)] if args.threads else []
         log(" ".join(cmd))
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
         log(out)
-    lines = [f"### Memory: SmoothGrad on one {args.size}x{args.size} image, EfficientNet-Lite0, chunk "
+    label = "a small 2-conv CNN (benchmarks/bench_gradients.py:small_cnn)" if args.memory_model == "small" \
+        else args.memory_model
+    lines = [f"### Memory: SmoothGrad on one {args.size}x{args.size} image, {label}, chunk "
              f"{args.batch_size}, each n in a fresh process", "",
              "| n_samples | peak extra RSS during explain, MiB | process peak RSS (ru_maxrss), MiB | time s |",
              "|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['n']} | {r['peak_extra_mib']:.0f} | {r['ru_maxrss_mib']:.0f} | {r['time_s']:.1f} |")
-    write("memory", "\n".join(lines))
+    write(f"memory_{args.memory_model}", "\n".join(lines))
 
 
 def main() -> None:
@@ -173,12 +188,17 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--captum-chunks", default="1,2,4,8")
     ap.add_argument("--floor-chunks", default="1,2,4,8,16")
+    ap.add_argument("--methods", default="smoothgrad,smoothgrad_sq,vargrad,ig", help="EfficientNet part")
+    ap.add_argument("--no-warmup", action="store_true", help="no untimed warm-up round (memory sampled in round 1)")
     ap.add_argument("--variants", default="", help="comma-separated, e.g. bf16,channels_last,bf16+channels_last")
     ap.add_argument("--sample-dir", default=str(HERE.parents[1] / "shared" / "data" / "imagenet-sample"))
     ap.add_argument("--drift-images", type=int, default=4)
-    ap.add_argument("--drift-settings", default="bf16,channels_last", help="bf16, fp16, channels_last")
+    ap.add_argument("--drift-settings", default="bf16,channels_last",
+                    help="bf16, fp16, channels_last, 'fp32, seed 1' (Monte-Carlo noise for comparison)")
+    ap.add_argument("--drift-methods", default="smoothgrad,integrated_gradients")
     ap.add_argument("--memory-n", default="50,1000")
     ap.add_argument("--size", type=int, default=448)
+    ap.add_argument("--memory-model", default="efficientnet-lite0", help="a load_model name, or 'small'")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's); 1 on an oversubscribed CPU")
@@ -192,7 +212,7 @@ def main() -> None:
     elif args.part == "memory":
         part_memory(args)
     else:
-        _memory_child(args.n, args.size, args.batch_size)
+        _memory_child(args.n, args.size, args.batch_size, args.memory_model)
 
 
 if __name__ == "__main__":

@@ -109,23 +109,28 @@ class Case:
 
 
 def run_interleaved(cases: Sequence[Case], repeats: int, device: torch.device, memory: bool = True,
-                    log: Optional[Callable[[str], None]] = None) -> None:
+                    log: Optional[Callable[[str], None]] = None, warmup: bool = True) -> None:
     """One untimed warm-up run per case (its peak memory is recorded), then ``repeats`` interleaved
-    timed rounds."""
-    for c in cases:
-        if memory:
-            with peak_memory(device) as box:
+    timed rounds. Without ``warmup`` the memory is sampled during the first timed round."""
+    if warmup:
+        for c in cases:
+            if memory:
+                with peak_memory(device) as box:
+                    c.fn()
+                c.peak_bytes = box["bytes"]
+            else:
                 c.fn()
-            c.peak_bytes = box["bytes"]
-        else:
-            c.fn()
     for r in range(repeats):
         for c in cases:
-            _sync(device)
-            t0 = time.perf_counter()
-            c.fn()
-            _sync(device)
-            c.times.append(time.perf_counter() - t0)
+            sample = memory and not warmup and r == 0
+            with (peak_memory(device) if sample else contextlib.nullcontext({})) as box:
+                _sync(device)
+                t0 = time.perf_counter()
+                c.fn()
+                _sync(device)
+                c.times.append(time.perf_counter() - t0)
+            if sample:
+                c.peak_bytes = box["bytes"]
         if log:
             log(f"  round {r + 1}/{repeats}: " + ", ".join(f"{c.name} {c.times[-1]:.2f}s" for c in cases))
 
@@ -209,7 +214,7 @@ def captum_available() -> bool:
 def compare(model: nn.Module, x: torch.Tensor, methods: Sequence[str] = ("smoothgrad",), n: int = 50,
             repeats: int = 3, captum: bool = True, captum_chunks: Sequence[Optional[int]] = (None, 1, 2, 4, 8),
             floor_chunks: Sequence[int] = (1, 2, 4, 8, 16), variants: Optional[Dict[str, dict]] = None,
-            memory: bool = True, log: Optional[Callable[[str], None]] = None) -> dict:
+            memory: bool = True, log: Optional[Callable[[str], None]] = None, warmup: bool = True) -> dict:
     """Time ``methods`` (keys of ``SK_METHODS``) with saliencekit (defaults and ``variants``), Captum
     (its default and hand-tuned chunks) and the raw floor. The chunk sweeps and the ``variants``
     (name -> explain speed kwargs) run on the first method; the others use the best chunks found
@@ -249,7 +254,7 @@ def compare(model: nn.Module, x: torch.Tensor, methods: Sequence[str] = ("smooth
         for c in fchunks:
             cases.append(Case(f"raw floor, chunk {c}", frozen_floor(model, x, target, n, c), rows, name, "floor"))
         log(f"{name}: {len(cases)} cases x {repeats} rounds")
-        run_interleaved(cases, repeats, dev, memory=memory, log=log)
+        run_interleaved(cases, repeats, dev, memory=memory, log=log, warmup=warmup)
         groups[name] = cases
         if mi == 0:
             tuned = [c for c in cases if c.kind == "captum" and c.name != "Captum (default: all at once)"]
@@ -260,7 +265,7 @@ def compare(model: nn.Module, x: torch.Tensor, methods: Sequence[str] = ("smooth
             best_floor = int(fl.name.rsplit(" ", 1)[1])
     chosen = perf.cached_chunk(model, perf.cache_key(x, perf.get_defaults()))
     return {"groups": groups, "cold_first_call_s": cold, "auto_chunk": chosen, "n": n, "images": x.shape[0],
-            "input": tuple(x.shape[1:]), "repeats": repeats}
+            "input": tuple(x.shape[1:]), "repeats": repeats, "warmup": warmup}
 
 
 def summary_rows(cases: Sequence[Case]) -> Dict[str, float]:
@@ -284,7 +289,9 @@ GOALS = {"vs Captum default": 3.0, "vs Captum best chunk": 0.95, "vs raw floor":
 def markdown(result: dict, title: str, goals: bool = True) -> str:
     lines = [f"### {title}", ""]
     lines.append(f"{result['images']} image(s) of {'x'.join(map(str, result['input']))}, n = {result['n']}, "
-                 f"best of {result['repeats']} interleaved rounds; first saliencekit call including chunk "
+                 f"best of {result['repeats']} interleaved rounds"
+                 f"{'' if result.get('warmup', True) else ' (no separate warm-up round)'}; "
+                 f"first saliencekit call including chunk "
                  f"calibration: {result['cold_first_call_s']:.2f} s; automatic chunk chosen: "
                  f"{result['auto_chunk'] if result['auto_chunk'] is not None else 'fixed rule (no calibration)'}.")
     lines.append("")
