@@ -61,6 +61,12 @@ def test_target_wrong_count_and_type(tiny_cnn, images):
     _refused(ValueError, "target", sk.explain, tiny_cnn, images, "gradient", target=np.array([0, 1, 5]))
 
 
+def test_score_space_with_custom_target_refused(tiny_cnn, images):
+    """A callable target gets the raw outputs; a score space would be silently ignored."""
+    _refused(ValueError, "score", sk.explain, tiny_cnn, images, "smoothgrad", target=lambda o: o[:, 0],
+             score="softmax")
+
+
 def test_unknown_method(tiny_cnn, images):
     msg = _refused(ValueError, "method", sk.explain, tiny_cnn, images, "smoothgard")
     assert "smoothgrad" in msg  # a close-match hint

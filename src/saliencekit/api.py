@@ -96,6 +96,9 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target: Any = "predi
         if len(image_ids) != x.shape[0]:
             raise ValueError(f"image_ids: expected {x.shape[0]} ids (one per image), got {len(image_ids)}")
     space = check_score_space(opts.get("score", "logit"))
+    if space != "logit" and is_custom_target(target):
+        raise ValueError(f"score: {space!r} applies to class targets; a callable or unit target receives the "
+                         f"model's raw outputs (apply {space} inside it)")
     spec_pp = preprocessing if preprocessing is not None else get_preprocessing(model)
 
     t0 = time.perf_counter()

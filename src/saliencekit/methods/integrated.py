@@ -123,9 +123,13 @@ def integrated(ctx: Context, *, n_steps: int, rule: str, base: Callable[[int, in
 
     def make(img, smp, stp):
         rows = []
+        ends = {}  # (i, j) -> (base, start - base), drawn once per chunk, not once per step
         for i, j, s in zip(img.tolist(), smp.tolist(), stp.tolist()):
-            b = base(i, j)
-            rows.append(b + alpha_t[s] * (start(i, j) - b))
+            if (i, j) not in ends:
+                b = base(i, j)
+                ends[i, j] = (b, start(i, j) - b)
+            b, d = ends[i, j]
+            rows.append(b + alpha_t[s] * d)
         return torch.stack(rows)
 
     mom = Moments(ctx.n, ctx.x.shape[1:], ctx.x.device, estimator != "mean", ctx.x.dtype)
