@@ -8,7 +8,9 @@ from .models import Preprocessing, get_preprocessing, load_model
 from .perf import get_defaults, set_defaults
 from .units import Units
 
+from . import metrics  # noqa: E402  (saliencekit.metrics.deletion, ...)
+
 __version__ = "0.1.0"
 
 __all__ = ["explain", "methods", "list_methods", "load_model", "load_images", "sample_images", "Explanation",
-           "Preprocessing", "get_preprocessing", "set_defaults", "get_defaults", "Units", "__version__"]
+           "Preprocessing", "get_preprocessing", "set_defaults", "get_defaults", "Units", "metrics", "__version__"]

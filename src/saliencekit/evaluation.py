@@ -208,6 +208,24 @@ def evaluate_images(model, images: Sequence[tuple[str, torch.Tensor]], methods: 
         if k not in METRICS:
             raise ValueError(f"metric_options: unknown metric {k!r}")
     done = done or set()
+    if batch_size is None:
+        # results must be reproducible byte for byte across processes: the automatic chunk size may
+        # come from a timing calibration (which can differ run to run, and float32 convolutions
+        # round differently per chunk size), so evaluation uses the deterministic fixed rule
+        from .perf import set_defaults
+
+        previous = set_defaults(calibrate=False)
+        try:
+            return _evaluate_blocks(model, images, methods, metrics, seed, labels, target, method_options, mopts,
+                                    block_size, done, progress, on_block)
+        finally:
+            set_defaults(previous)
+    return _evaluate_blocks(model, images, methods, metrics, seed, labels, target, method_options, mopts,
+                            block_size, done, progress, on_block, batch_size)
+
+
+def _evaluate_blocks(model, images, methods, metrics, seed, labels, target, method_options, mopts, block_size,
+                     done, progress, on_block, batch_size=None) -> EvalResult:
     spec = get_preprocessing(model)
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     out = EvalResult()
