@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .. import engine
+from ..methods.base import positive_int  # noqa: F401  (re-exported to the metric modules)
 from ..targets import resolve_classes
 
 # Rows per forward pass for the metrics' inference-only passes: about 16 images of 3x224x224 on
@@ -63,14 +64,6 @@ def check_saliency(saliency, x: Optional[torch.Tensor] = None, name: str = "sali
                              f"{tuple(x.shape[-2:])}; upsample the map first")
         s = s.to(x.device)
     return s
-
-
-def positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name}: expected a positive int, got {type(v).__name__}")
-    if v < 1:
-        raise ValueError(f"{name}: expected a positive int, got {v}")
-    return v
 
 
 def chunk_rows(x: torch.Tensor, total: int, batch_size: Optional[int]) -> int:
