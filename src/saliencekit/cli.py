@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -151,14 +152,10 @@ def explain_cmd(images, method_names, model, target, out_dir, seed, device, batc
             e = explain(net, x, name, target=tgt, seed=seed, batch_size=batch_size, **accepted)
         except (ValueError, TypeError) as err:
             raise click.ClickException(f"{name}: {err}") from None
-        e.save(out_dir / "tensors", names=kept)
-        heat = e.heatmap().cpu().numpy()
-        pix = e.pixels()
-        cmap = visualize.default_cmap(e.signed)
-        for i, lab in enumerate(kept):
-            img = visualize.colorize(heat[i], cmap) if e.signed else visualize.overlay(pix[i], heat[i], cmap)
-            visualize.save_png(img, out_dir / f"{lab}_{name}.png")
-        maps[name] = list(heat)
+        written = e.save(out_dir / "tensors", names=kept)
+        for png in written[:len(kept)]:  # save() renders one overlay per image first; show them at the top
+            shutil.copyfile(png, out_dir / png.name)
+        maps[name] = list(e.heatmap().cpu().numpy())
         signed[name] = e.signed
         summary["methods"][name] = e.summary()
     pix = (spec.denormalize(x.detach().float().cpu())).clamp(0, 1).permute(0, 2, 3, 1).numpy()
