@@ -127,3 +127,28 @@ def test_results_depend_only_on_seed_and_image():
     assert [r for r in full if r["image"] == "im2"] == alone
     other_seed = ev.evaluate_images(model, imgs[2:], block_size=1, **{**kw, "seed": 4}).rows
     assert [r["value"] for r in other_seed] != [r["value"] for r in alone]
+
+
+def test_channels_last_rows_agree_and_reproduce():
+    g = torch.Generator().manual_seed(0)
+    imgs = [(f"im{k}", torch.rand(3, 32, 32, generator=g)) for k in range(2)]
+    model = _model()
+    kw = {"methods": ["gradient", "smoothgrad"], "metrics": ["deletion", "insertion"], "seed": 1,
+          "method_options": {"smoothgrad": {"n_samples": 3}},
+          "metric_options": {"deletion": {"step": 128}, "insertion": {"step": 128}}}
+    ref = ev.evaluate_images(model, imgs, **kw).rows
+    cl = ev.evaluate_images(model, imgs, channels_last=True, **kw).rows
+    again = ev.evaluate_images(model, imgs, channels_last=True, **kw).rows
+    assert cl == again
+    assert [(r["image"], r["method"], r["metric"]) for r in cl] == [(r["image"], r["method"], r["metric"]) for r in ref]
+    for a, b in zip(ref, cl):
+        assert abs(a["value"] - b["value"]) <= 1e-4 * max(1.0, abs(a["value"]))
+    assert not sk_defaults().channels_last  # the process default is put back
+    with pytest.raises(TypeError, match="channels_last"):
+        ev.evaluate_images(model, imgs, channels_last="yes", **kw)
+
+
+def sk_defaults():
+    from saliencekit import perf
+
+    return perf.get_defaults()

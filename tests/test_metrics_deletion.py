@@ -146,3 +146,29 @@ def test_chunk_invariance_and_errors(tiny_cnn, images):
         insertion(tiny_cnn, images, sal, step=2.5)
     with pytest.raises(ValueError, match="substrate"):
         deletion(tiny_cnn, images, sal, substrate=torch.zeros(2, 3, 5, 5))
+
+
+def test_channels_last_default_same_scores_model_untouched(tiny_cnn, images):
+    import saliencekit as sk
+
+    sal = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(2))
+    ref = deletion(tiny_cnn, images, sal, step=16, return_curves=True)
+    before = model_state(tiny_cnn)
+    ptrs = [p.data_ptr() for p in tiny_cnn.parameters()]
+    previous = sk.set_defaults(channels_last=True)
+    try:
+        seen = []
+        hook = tiny_cnn.features[0].register_forward_pre_hook(
+            lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)
+                                     and m.weight.is_contiguous(memory_format=torch.channels_last)))
+        try:
+            cl = deletion(tiny_cnn, images, sal, step=16, return_curves=True)
+        finally:
+            hook.remove()
+    finally:
+        sk.set_defaults(previous)
+    assert seen and all(seen)  # the forward really ran in channels_last
+    torch.testing.assert_close(cl.curves, ref.curves, rtol=1e-5, atol=1e-6)
+    assert_same_state(before, model_state(tiny_cnn))
+    assert [p.data_ptr() for p in tiny_cnn.parameters()] == ptrs
+    assert all(p.is_contiguous() for p in tiny_cnn.parameters())

@@ -183,6 +183,9 @@ def register(main: click.Group) -> None:
                   help="Metric option METRIC.KEY=VALUE, e.g. deletion.step=3136, repeatable.")
     @click.option("--block-size", default=8, show_default=True, type=int, help="Images per block.")
     @click.option("--batch-size", default=None, type=int, help="Rows per forward chunk (default: automatic).")
+    @click.option("--channels-last", is_flag=True,
+                  help="Maps and metrics in channels_last memory layout (about 2x faster on CPU for "
+                       "EfficientNet-style models; values change by float rounding only).")
     @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
     @click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "ray"]),
                   help="Evaluate in this process, or block by block on a Ray cluster "
@@ -197,7 +200,7 @@ def register(main: click.Group) -> None:
     @click.option("--skip-missing", is_flag=True, help="Skip methods that are not registered instead of failing.")
     @click.option("--list", "list_only", is_flag=True, help="List evaluation methods and metrics, then exit.")
     def evaluate_cmd(directory, model, methods, metrics, limit, seed, out_dir, overwrite, target, method_opts,
-                     metric_opts, block_size, batch_size, device, backend, address, workers, num_gpus_per_worker,
+                     metric_opts, block_size, batch_size, channels_last, device, backend, address, workers, num_gpus_per_worker,
                      skip_missing, list_only):
         """Evaluate saliency methods on DIRECTORY (default: the bundled samples) and write OUT/results.csv
         (long format), OUT/summary.md, OUT/curves.png, OUT/bars.png and OUT/timings.csv."""
@@ -320,13 +323,15 @@ def register(main: click.Group) -> None:
 
                     evaluate_images_ray(model, items, meths, mets, seed=seed, labels=labels, target=target,
                                         method_options=mo, metric_options=ko, block_size=block_size, done=done,
-                                        batch_size=batch_size, progress=bar.update, on_block=flush, out_dir=out_dir,
+                                        batch_size=batch_size, progress=bar.update, on_block=flush,
+                                        channels_last=channels_last, out_dir=out_dir,
                                         device=worker_device, workers=workers, address=address,
                                         num_gpus_per_worker=num_gpus_per_worker, overwrite=overwrite)
                 else:
                     ev.evaluate_images(net, items, meths, mets, seed=seed, labels=labels, target=target,
                                        method_options=mo, metric_options=ko, block_size=block_size, done=done,
-                                       batch_size=batch_size, progress=bar.update, on_block=flush)
+                                       batch_size=batch_size, progress=bar.update, on_block=flush,
+                                       channels_last=channels_last)
             except (ConnectionError, RuntimeError) as e:
                 if backend != "ray":
                     raise

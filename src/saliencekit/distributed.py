@@ -485,7 +485,8 @@ def evaluate_images_ray(model: Any, images: Sequence[Tuple[str, Any]], methods: 
                         metric_options: Optional[Dict[str, Dict[str, Any]]] = None, block_size: int = 8,
                         done: Optional[set] = None, batch_size: Optional[int] = None,
                         progress: Optional[Callable[[int], None]] = None,
-                        on_block: Optional[Callable[[Any], None]] = None, *, out_dir: Any,
+                        on_block: Optional[Callable[[Any], None]] = None, channels_last: bool = False, *,
+                        out_dir: Any,
                         device: str = "cpu", workers: Optional[int] = None, address: Optional[str] = None,
                         num_gpus_per_worker: float = 0.0, num_cpus_per_worker: float = 1,
                         overwrite: bool = False, max_restarts: int = 2, max_task_retries: int = 2,
@@ -523,6 +524,8 @@ def evaluate_images_ray(model: Any, images: Sequence[Tuple[str, Any]], methods: 
               "methods": list(methods), "metrics": list(metrics), "seed": seed, "target": target,
               "labels": {n: labels[n] for n in names if labels and n in labels}, "method_options": method_options,
               "metric_options": metric_options, "block_size": block_size, "batch_size": batch_size}
+    if channels_last:  # only when set, so manifests of earlier runs still match
+        config["channels_last"] = True
     out_dir = Path(out_dir)
     sync_manifest(out_dir, config, plan, overwrite=overwrite)
 
@@ -571,7 +574,8 @@ def evaluate_images_ray(model: Any, images: Sequence[Tuple[str, Any]], methods: 
         deliver(k, res)
 
     block_config = {"methods": list(methods), "metrics": list(metrics), "seed": seed, "target": target,
-                    "method_options": method_options, "metric_options": metric_options, "batch_size": batch_size}
+                    "method_options": method_options, "metric_options": metric_options, "batch_size": batch_size,
+                    "channels_last": bool(channels_last)}
     per_block = {k: {"labels": {n: labels[n] for n, _ in items if labels and n in labels} if labels is not None
                      else None, "done": block_done[k]} for k, items in todo.items()}
     run_blocks(todo, finished, model=model, config=block_config, per_block=per_block, device=device,

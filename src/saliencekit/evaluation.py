@@ -190,13 +190,16 @@ def evaluate_images(model, images: Sequence[tuple[str, torch.Tensor]], methods: 
                     metric_options: dict[str, dict[str, Any]] | None = None, block_size: int = 8,
                     done: set | None = None, batch_size: int | None = None,
                     progress: Callable[[int], None] | None = None,
-                    on_block: Callable[[EvalResult], None] | None = None) -> EvalResult:
+                    on_block: Callable[[EvalResult], None] | None = None,
+                    channels_last: bool = False) -> EvalResult:
     """Evaluate ``methods`` x ``metrics`` on ``images`` (a list of ``(name, pixels C x H x W in [0, 1])``).
 
     ``target``: ``"predicted"`` (top-1 on the clean image) or ``"label"`` (``labels[name]``).
     ``done``: a set of ``(image, method)`` pairs to skip (resume). ``progress(k)`` is called after
     each (block, method) with the number of images; ``on_block(result)`` after each (block, method)
-    with its rows (for incremental writing). Returns all rows.
+    with its rows (for incremental writing). ``channels_last``: run the maps and the metrics in
+    channels_last memory layout (faster on CPU for depthwise-convolution models; the values change
+    by float rounding only, and stay reproducible byte for byte with the same setting). Returns all rows.
     """
     check_names(methods, metrics)
     if target not in ("predicted", "label"):
@@ -208,20 +211,19 @@ def evaluate_images(model, images: Sequence[tuple[str, torch.Tensor]], methods: 
         if k not in METRICS:
             raise ValueError(f"metric_options: unknown metric {k!r}")
     done = done or set()
-    if batch_size is None:
-        # results must be reproducible byte for byte across processes: the automatic chunk size may
-        # come from a timing calibration (which can differ run to run, and float32 convolutions
-        # round differently per chunk size), so evaluation uses the deterministic fixed rule
-        from .perf import set_defaults
+    if not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last: expected True or False, got {type(channels_last).__name__}")
+    from .perf import set_defaults
 
-        previous = set_defaults(calibrate=False)
-        try:
-            return _evaluate_blocks(model, images, methods, metrics, seed, labels, target, method_options, mopts,
-                                    block_size, done, progress, on_block)
-        finally:
-            set_defaults(previous)
-    return _evaluate_blocks(model, images, methods, metrics, seed, labels, target, method_options, mopts,
-                            block_size, done, progress, on_block, batch_size)
+    # results must be reproducible byte for byte across processes: the automatic chunk size may
+    # come from a timing calibration (which can differ run to run, and float32 convolutions round
+    # differently per chunk size), so evaluation pins the deterministic fixed rule
+    previous = set_defaults(channels_last=channels_last, calibrate=False)
+    try:
+        return _evaluate_blocks(model, images, methods, metrics, seed, labels, target, method_options, mopts,
+                                block_size, done, progress, on_block, batch_size)
+    finally:
+        set_defaults(previous)
 
 
 def _evaluate_blocks(model, images, methods, metrics, seed, labels, target, method_options, mopts, block_size,

@@ -8,13 +8,14 @@ from typing import Any, Callable, Iterator, Optional, Tuple
 import torch
 from torch import nn
 
-from .. import engine
+from .. import engine, perf
 from ..methods.base import positive_int  # noqa: F401  (re-exported to the metric modules)
 from ..targets import resolve_classes
 
-# Rows per forward pass for the metrics' inference-only passes: about 16 images of 3x224x224 on
-# CPU (no gradients are kept, so larger chunks than the gradient engine's are fine), 128 on CUDA.
-_CPU_ELEMENTS = 16 * 3 * 224 * 224
+# Rows per forward pass for the metrics' inference-only passes: about 4 images of 3x224x224 on
+# CPU, 128 on CUDA. On CPU small chunks stay in cache: EfficientNet-Lite0 inference on 2 cores runs
+# at ~110 images/s in chunks of 4 vs ~46 in chunks of 16 (benchmarks/bench_metrics.py).
+_CPU_ELEMENTS = 4 * 3 * 224 * 224
 _CUDA_ROWS = 128
 
 
@@ -78,15 +79,26 @@ def chunk_rows(x: torch.Tensor, total: int, batch_size: Optional[int]) -> int:
 
 @contextlib.contextmanager
 def guarded(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode, frozen parameters and inference mode for the call; the model restored after."""
-    with engine.model_guard(model), torch.inference_mode():
+    """Eval mode, frozen parameters and inference mode for the call; the model restored after.
+
+    The metrics follow the process-wide ``channels_last`` default (``saliencekit.set_defaults``):
+    a memory layout, so the scores only change by float rounding. Precision stays float32 and
+    nothing is compiled: a metric should not depend on the speed switches of the maps it judges.
+    """
+    settings = perf.Settings(channels_last=perf.get_defaults().channels_last, calibrate=False)
+    with engine.model_guard(model), perf.call_scope(model, settings), torch.inference_mode():
         yield model
+
+
+def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``engine.forward_scores`` with the active memory layout; call inside ``guarded``."""
+    return engine.forward_scores(model, perf.prepare_points(x, perf.active()))
 
 
 def outputs(model: nn.Module, x: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
     """Model outputs (B x K, float) in chunks; call inside ``guarded``."""
     bs = chunk_rows(x, x.shape[0], batch_size)
-    return torch.cat([engine.forward_scores(model, x[s:s + bs]).float() for s in range(0, x.shape[0], bs)])
+    return torch.cat([forward(model, x[s:s + bs]).float() for s in range(0, x.shape[0], bs)])
 
 
 def resolve_target(model: nn.Module, x: torch.Tensor, target: Any, batch_size: Optional[int] = None
@@ -113,7 +125,7 @@ def scored_rows(model: nn.Module, total: int, build: Callable[[torch.Tensor], Tu
     for s in range(0, total, rows):
         idx = torch.arange(s, min(total, s + rows))
         inp, img = build(idx)
-        out = engine.forward_scores(model, inp)
+        out = forward(model, inp)
         res.append(select(out, classes[img.to(classes.device)], space))
     return torch.cat(res) if res else torch.zeros(0)
 
