@@ -353,3 +353,25 @@ def test_unit_scores_are_read_before_a_following_inplace_relu(tiny_cnn, x):
         pre = tiny_cnn.features[:4](x)
     assert (pre[:, :2] < 0).any()
     torch.testing.assert_close(e.scores, pre[:, :2].sum(dim=(1, 2, 3)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcampp", "gradient", "gradient_x_input"])
+def test_predicted_resolved_in_the_single_pass(tiny_cnn, x, method):
+    """target='predicted' costs one forward (the gradient pass itself) and equals the explicit class."""
+    sk.explain(tiny_cnn, x, method)  # warm the automatic-layer cache (its trace is a forward too)
+    calls = []
+    h = tiny_cnn.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    try:
+        e = sk.explain(tiny_cnn, x, method, batch_size=2)
+    finally:
+        h.remove()
+    assert sum(calls) == x.shape[0]  # every image forwarded exactly once
+    with torch.no_grad():
+        logits = tiny_cnn(x)
+    torch.testing.assert_close(e.targets, logits.argmax(1))
+    ref = sk.explain(tiny_cnn, x, method, target=logits.argmax(1), batch_size=2)  # the separate-forward path
+    torch.testing.assert_close(e.attributions, ref.attributions)
+    torch.testing.assert_close(e.scores, ref.scores)
+    torch.testing.assert_close(e.scores, logits.gather(1, logits.argmax(1)[:, None])[:, 0])
+    prob = sk.explain(tiny_cnn, x, method, score="softmax")
+    torch.testing.assert_close(prob.scores, torch.softmax(logits, 1).max(1).values)

@@ -12,7 +12,8 @@ from . import engine, methods, noise, perf
 from .explanation import Explanation
 from .methods.base import REGISTRY, Context
 from .models import Preprocessing, class_names, get_preprocessing
-from .targets import ClassScore, CustomScore, check_score_space, is_custom_target, resolve_classes
+from .targets import (ClassScore, CustomScore, PredictedInPass, check_score_space, is_custom_target,
+                      resolve_classes)
 
 
 def _check_model(model) -> nn.Module:
@@ -107,6 +108,20 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target: Any = "predi
         if x.is_inference():
             x = x.clone()  # a normal tensor (outside inference mode) that autograd may record
         x = x.detach()
+        # Methods whose pass is one forward of the clean batch resolve "predicted" from that pass
+        # (fp32 only: a bf16/fp16 forward could flip a near-tied argmax relative to other methods).
+        if (spec.clean_pass and isinstance(target, str) and target == "predicted"
+                and speed.precision == "fp32"):
+            in_pass = PredictedInPass(x.shape[0], space)
+            ctx = Context(model=model, x=x, score=in_pass, classes=None, clean_outputs=None, seed=seed_int,
+                          batch_size=batch_size, preprocessing=spec_pp, progress=progress, image_ids=image_ids)
+            result = spec.fn(ctx, **opts)
+            classes, clean = in_pass.resolved()
+            classes = classes.to(x.device)
+            clean_scores = ClassScore(classes, space).rows(clean.to(x.device), torch.arange(x.shape[0],
+                                                                                            device=x.device)).float()
+            return _explanation(method, spec, result, classes, clean_scores, opts, seed_int, x, keep_inputs, spec_pp,
+                                model, time.perf_counter() - t0)
         with torch.no_grad():
             clean = engine.forward_scores(model, x)
         if is_custom_target(target):
@@ -125,7 +140,12 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target: Any = "predi
         else:
             clean_scores = ctx.scores_at(x, torch.arange(x.shape[0]))
         result = spec.fn(ctx, **opts)
-    elapsed = time.perf_counter() - t0
+    return _explanation(method, spec, result, classes, clean_scores, opts, seed_int, x, keep_inputs, spec_pp, model,
+                        time.perf_counter() - t0)
+
+
+def _explanation(method, spec, result, classes, clean_scores, opts, seed_int, x, keep_inputs, spec_pp, model,
+                 elapsed) -> Explanation:
     targets = classes.detach().clone() if classes is not None else torch.full((x.shape[0],), -1, dtype=torch.long)
     attr = result["attributions"]
     return Explanation(method=method, attributions=attr.to(x.device), targets=targets, scores=clean_scores,

@@ -104,6 +104,35 @@ class ClassScore:
         return scores.gather(1, cls[:, None])[:, 0]
 
 
+class PredictedInPass:
+    """``target="predicted"`` resolved inside a method's own pass over the clean batch.
+
+    For methods whose gradient pass is exactly one forward of the clean batch (gradient, Grad-CAM):
+    each row's class is the argmax of that row's outputs, which are the clean outputs, so the
+    separate clean forward is skipped. Records every image's class, full outputs and score.
+    """
+
+    layers: tuple = ()
+
+    def __init__(self, n: int, space: str = "logit"):
+        self.n = n
+        self.space = check_score_space(space)
+        self.found: dict[int, tuple[int, torch.Tensor]] = {}
+
+    def rows(self, outputs: torch.Tensor, image_index: torch.Tensor, captures=None) -> torch.Tensor:
+        cls = outputs.detach().argmax(dim=1)
+        for r, i in enumerate(image_index.tolist()):
+            self.found[i] = (int(cls[r]), outputs[r].detach().float().clone())
+        return apply_space(outputs, self.space).gather(1, cls[:, None])[:, 0]
+
+    def resolved(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(classes per image, clean outputs B x K) after the pass."""
+        if sorted(self.found) != list(range(self.n)):
+            raise RuntimeError("internal: the clean pass did not score every image")
+        classes = torch.tensor([self.found[i][0] for i in range(self.n)], dtype=torch.long)
+        return classes, torch.stack([self.found[i][1] for i in range(self.n)])
+
+
 class CustomScore:
     """Wraps a user callable ``f(outputs) -> (rows,)`` or a target object with ``score``."""
 

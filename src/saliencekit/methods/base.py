@@ -24,16 +24,22 @@ class MethodSpec:
     doc: str = ""
     stochastic: bool = False
     class_target_only: bool = False
+    clean_pass: bool = False
 
 
 def register(name: str, *, defaults: Dict[str, Any], heatmap: Optional[Dict[str, Any]] = None,
-             doc: str = "", stochastic: bool = False, class_target_only: bool = False):
-    """Register a method; ``defaults`` lists every option it accepts (unknown ones are refused)."""
+             doc: str = "", stochastic: bool = False, class_target_only: bool = False, clean_pass: bool = False):
+    """Register a method; ``defaults`` lists every option it accepts (unknown ones are refused).
+
+    ``clean_pass``: the method's first use of the score is one engine pass over exactly the clean
+    batch (one row per image) and it reads neither ``ctx.classes`` nor ``ctx.clean_outputs``; then
+    ``explain`` resolves ``target="predicted"`` from that pass instead of a separate clean forward.
+    """
     def deco(fn):
         hm = {"sign": "abs", "channels": "sum", "clip": 99, "normalize": True}
         hm.update(heatmap or {})
         REGISTRY[name] = MethodSpec(name, fn, dict(defaults), hm, doc or (fn.__doc__ or "").strip(),
-                                    stochastic, class_target_only)
+                                    stochastic, class_target_only, clean_pass)
         return fn
     return deco
 

@@ -252,14 +252,14 @@ def _check_common(layer, relu, prefix_tokens):
         raise ValueError(f"prefix_tokens: expected a non-negative int or None, got {prefix_tokens!r}")
 
 
-@register("gradcam", defaults=CAM_DEFAULTS, heatmap=CAM_HEATMAP)
+@register("gradcam", defaults=CAM_DEFAULTS, heatmap=CAM_HEATMAP, clean_pass=True)
 def gradcam(ctx: Context, layer, channels, relu, prefix_tokens, score):
     """Grad-CAM (Selvaraju et al.): ReLU(sum_k mean_ij(g_k) A_k) at ``layer`` (default: last spatial layer)."""
     _check_common(layer, relu, prefix_tokens)
     return cam_maps(ctx, "gradcam", layer, channels, relu, prefix_tokens)
 
 
-@register("gradcampp", defaults=CAM_DEFAULTS, heatmap=CAM_HEATMAP)
+@register("gradcampp", defaults=CAM_DEFAULTS, heatmap=CAM_HEATMAP, clean_pass=True)
 def gradcampp(ctx: Context, layer, channels, relu, prefix_tokens, score):
     """Grad-CAM++ (Chattopadhyay et al.), closed form alpha = g^2 / (2 g^2 + sum_ab(A) g^3)."""
     _check_common(layer, relu, prefix_tokens)

@@ -20,13 +20,15 @@ def input_gradients(ctx: Context) -> torch.Tensor:
     return out
 
 
-@register("gradient", defaults={"score": "logit"}, heatmap={"sign": "abs", "channels": "sum", "clip": 99})
+@register("gradient", defaults={"score": "logit"}, heatmap={"sign": "abs", "channels": "sum", "clip": 99},
+          clean_pass=True)
 def gradient(ctx: Context, score):
     """Vanilla gradient of the score w.r.t. the input (Simonyan et al.); heatmap: |g| summed over channels."""
     return {"attributions": input_gradients(ctx)}
 
 
-@register("gradient_x_input", defaults={"score": "logit"}, heatmap={"sign": "abs", "channels": "sum", "clip": 99})
+@register("gradient_x_input", defaults={"score": "logit"}, heatmap={"sign": "abs", "channels": "sum", "clip": 99},
+          clean_pass=True)
 def gradient_x_input(ctx: Context, score):
     """x * gradient. Caution (Smilkov et al.): mixes pixel intensity into the map; black pixels
     (x = 0 in model space) can never be salient."""
