@@ -82,6 +82,8 @@ def metrics(args):
     from saliencekit import metrics as M
 
     torch.set_num_threads(args.threads)
+    if args.channels_last:
+        sk.set_defaults(channels_last=True)
     model = sk.load_model("efficientnet-lite0")
     heat, tgt, t = gather(Path(args.out), args.n, args.mask_size, args.tag)
     n = heat.shape[0]
@@ -101,26 +103,41 @@ def _auc(r):
     return r.auc if hasattr(r, "auc") else r  # deletion / insertion return the AUC tensor (or a CurveResult)
 
 
-def score(model, x, heat, tgt, protocols):
+def score(model, x, heat, tgt, protocols, igos_step=224):
     from saliencekit import metrics as M
 
     out = {}
     for proto in protocols:
-        dele = _auc(M.deletion(model, x, heat, target=tgt, step=224, protocol=proto))
-        ins = _auc(M.insertion(model, x, heat, target=tgt, step=224, protocol=proto))
-        out[proto] = {"deletion": round(float(dele.mean()), 4), "insertion": round(float(ins.mean()), 4)}
+        step = igos_step if proto == "igos" else 224
+        dele = _auc(M.deletion(model, x, heat, target=tgt, step=step, protocol=proto))
+        ins = _auc(M.insertion(model, x, heat, target=tgt, step=step, protocol=proto))
+        out[proto] = {"deletion": round(float(dele.mean()), 4), "insertion": round(float(ins.mean()), 4),
+                      "deletion_per_image": [round(v, 5) for v in dele.tolist()],
+                      "insertion_per_image": [round(v, 5) for v in ins.tolist()]}
     return out
+
+
+def _emit(args, row):
+    """Print the means; append the full row (with per-image AUCs) to ``--save`` when given."""
+    short = {k: ({kk: vv for kk, vv in v.items() if not kk.endswith("_per_image")} if isinstance(v, dict) else v)
+             for k, v in row.items()}
+    print(json.dumps(short), flush=True)
+    if args.save:
+        with open(args.save, "a") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 def compare(args):
     torch.set_num_threads(args.threads)
+    if args.channels_last:
+        sk.set_defaults(channels_last=True)
     model = sk.load_model("efficientnet-lite0")
     _, x = load(args.n, model)
     protocols = args.protocols.split(",")
     for size in [s for s in args.igos_sizes.split(",") if s]:
         heat, tgt, _ = gather(Path(args.out), args.n, int(size), args.tag)
         n = heat.shape[0]
-        print(json.dumps({"method": f"igos{size}", "n": n, **score(model, x[:n], heat, tgt, protocols)}), flush=True)
+        _emit(args, {"method": f"igos{size}", "n": n, **score(model, x[:n], heat, tgt, protocols, args.igos_step)})
     for name in [m for m in args.methods.split(",") if m]:
         if name not in sk.list_methods():
             print(json.dumps({"method": name, "skipped": "not registered"}), flush=True)
@@ -131,7 +148,7 @@ def compare(args):
             heats.append(e.heatmap())
             tgts.append(e.targets)
         heat, tgt = torch.cat(heats), torch.cat(tgts)
-        print(json.dumps({"method": name, "n": args.n, **score(model, x, heat, tgt, protocols)}), flush=True)
+        _emit(args, {"method": name, "n": args.n, **score(model, x, heat, tgt, protocols, args.igos_step)})
 
 
 def main():
@@ -145,6 +162,12 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--options", default="", help="extra igos options as JSON")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="metrics / compare: maps and metrics in channels_last layout (faster on CPU)")
+    ap.add_argument("--igos-step", type=int, default=224,
+                    help="compare: input pixels per step of the I-GOS protocol (rounded to whole mask cells; "
+                         "RISE always moves 224 pixels per step)")
+    ap.add_argument("--save", default="", help="compare: append rows with per-image AUCs to this JSON-lines file")
     ap.add_argument("--out", default="/tmp/igos_maps")
     ap.add_argument("--protocols", default="rise")
     ap.add_argument("--methods", default="gradient,integrated_gradients,smoothgrad,gradcam")
