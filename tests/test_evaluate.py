@@ -143,7 +143,7 @@ def test_channels_last_rows_agree_and_reproduce():
     assert [(r["image"], r["method"], r["metric"]) for r in cl] == [(r["image"], r["method"], r["metric"]) for r in ref]
     for a, b in zip(ref, cl):
         assert abs(a["value"] - b["value"]) <= 1e-4 * max(1.0, abs(a["value"]))
-    assert not sk_defaults().channels_last  # the process default is put back
+    assert sk_defaults().channels_last == "auto"  # the process default is put back
     with pytest.raises(TypeError, match="channels_last"):
         ev.evaluate_images(model, imgs, channels_last="yes", **kw)
 

@@ -102,7 +102,7 @@ def test_calibration_runs_once_picks_a_candidate_and_is_cached(tiny_cnn, monkeyp
     probe_rows = sum(2 * c for c in perf.cpu_candidates(x, 100) if c <= max(perf.cpu_candidates(x, 100)))
     work = m.sizes[len(m.sizes) - (100 + chosen - 1) // chosen:]
     assert sum(work) == 100 and set(work[:-1]) <= {chosen}
-    assert sum(m.sizes) - 100 <= probe_rows
+    assert sum(m.sizes) - 100 <= probe_rows + 2 * chosen  # + the channels_last timing ("auto")
     m.sizes.clear()
     e2 = sk.explain(m, x, "smoothgrad", n_samples=100, seed=1)
     assert len(calls) == 1                                 # cached: no second calibration
@@ -110,6 +110,62 @@ def test_calibration_runs_once_picks_a_candidate_and_is_cached(tiny_cnn, monkeyp
     assert torch.equal(e1.attributions, e2.attributions)  # same chunking -> same bits
     ref = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=100, seed=1, batch_size=3).attributions
     torch.testing.assert_close(e1.attributions, ref, rtol=1e-5, atol=1e-7)
+
+
+def _fake_timer(per_call_seconds):
+    t = [0.0]
+
+    def timer():
+        t[0] += per_call_seconds
+        return t[0]
+    return timer
+
+
+@pytest.mark.parametrize("cl_seconds,expected", [(0.5, True), (1.0, False)])
+def test_auto_layout_keeps_channels_last_only_when_faster(tiny_cnn, cl_seconds, expected):
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ptrs = [p.data_ptr() for p in tiny_cnn.parameters()]
+    st = perf.CallState(tiny_cnn, perf.Settings(channels_last="auto"))
+    # contiguous: 1 s per row; channels_last: cl_seconds per timed probe of 1 row
+    kept = perf.choose_layout(tiny_cnn, x, 1, 1.0, st, timer=_fake_timer(cl_seconds))
+    assert kept is expected and st.channels_last is expected
+    w = tiny_cnn.features[0].weight
+    assert w.is_contiguous(memory_format=torch.channels_last) is expected
+    perf._restore_layout(st)
+    assert [p.data_ptr() for p in tiny_cnn.parameters()] == ptrs and w.is_contiguous()
+
+
+def test_auto_layout_is_decided_once_cached_and_restored(tiny_cnn, monkeypatch):
+    decided = []
+    real = perf.choose_layout
+
+    def faster_cl(model, x, rows, per_row, st, timer=None):
+        decided.append(real(model, x, rows, per_row, st, timer=_fake_timer(0.0)))  # CL "takes no time"
+        return decided[-1]
+
+    monkeypatch.setattr(perf, "choose_layout", faster_cl)
+    before = model_state(tiny_cnn)
+    ptrs = [p.data_ptr() for p in tiny_cnn.parameters()]
+    seen = []
+    h = tiny_cnn.features[0].register_forward_pre_hook(
+        lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last) and a[0].shape[0] > 0))
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    try:
+        e1 = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=100, seed=1, channels_last="auto")
+        n1 = len(seen)
+        e2 = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=100, seed=1)  # "auto" is the default
+    finally:
+        h.remove()
+    assert decided == [True]                     # timed once, then taken from the cache
+    # the work after the decision ran in channels_last (each call's first forward is the clean one)
+    assert all(seen[n1 - 2:n1]) and not seen[n1] and all(seen[n1 + 1:])
+    assert torch.equal(e1.attributions, e2.attributions)
+    ref = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=100, seed=1, channels_last=False, batch_size=4)
+    torch.testing.assert_close(e1.attributions, ref.attributions, rtol=1e-4, atol=1e-6)
+    assert_same_state(before, model_state(tiny_cnn))
+    assert [p.data_ptr() for p in tiny_cnn.parameters()] == ptrs
+    with pytest.raises(TypeError, match="channels_last"):
+        sk.explain(tiny_cnn, x, "gradient", channels_last="fast")
 
 
 def test_small_calls_do_not_calibrate(tiny_cnn, monkeypatch):

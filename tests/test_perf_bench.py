@@ -28,14 +28,17 @@ def test_compare_times_every_case_and_reports_ratios(tiny_cnn):
                             floor_chunks=(1, 2), variants={"bf16": {"precision": "bf16"}})
     sg, ig = res["groups"]["smoothgrad"], res["groups"]["ig"]
     assert [c.name for c in sg] == ["saliencekit (default)", "saliencekit bf16", "Captum (default: all at once)",
-                                    "Captum chunk 1", "raw floor, chunk 1", "raw floor, chunk 2"]
+                                    "Captum chunk 1", "Captum channels_last chunk 1", "raw floor, chunk 1",
+                                    "raw floor, chunk 2", "raw floor channels_last, chunk 1",
+                                    "raw floor channels_last, chunk 2"]
     assert [c.kind for c in ig] == ["sk", "captum", "captum", "floor"]   # best chunks reused, no variants
+    assert all(p.is_contiguous() for p in tiny_cnn.parameters())      # channels_last cases put weights back
     for c in sg + ig:
         assert c.rows == 6 and len(c.times) == 2 and c.best > 0 and c.peak_bytes is not None
     ratios = cli_bench.summary_rows(sg)
     assert set(ratios) == {"vs Captum default", "vs Captum best chunk", "vs raw floor"}
     text = cli_bench.markdown(res, "tiny")
-    assert text.count("| smoothgrad |") == 6 + 1 and "goal >= 3.0x" in text
+    assert text.count("| smoothgrad |") == 9 + 1 and "goal >= 3.0x" in text
     assert perf.get_defaults().precision == "fp32"      # variants did not leak into the defaults
 
 

@@ -51,7 +51,7 @@ def list_methods() -> List[str]:
 def explain(model: nn.Module, x: torch.Tensor, method: str, target: Any = "predicted", seed: Any = 0,
             batch_size: Optional[int] = None, preprocessing: Optional[Preprocessing] = None,
             keep_inputs: bool = True, progress=None, image_ids=None, precision: Optional[str] = None,
-            channels_last: Optional[bool] = None, compile: Optional[bool] = None, **options) -> Explanation:
+            channels_last: Any = None, compile: Optional[bool] = None, **options) -> Explanation:
     """Explain ``model``'s scores for the batch ``x`` with ``method``.
 
     ``target``: ``"predicted"`` (top-1 of the clean input, resolved once), an int, a sequence or
@@ -62,7 +62,8 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target: Any = "predi
     ``image_ids`` (one int per image, default 0..B-1) key each image's noise, so an image gets the
     same noise whatever batch it is explained in (dataset evaluation passes global indices).
     ``precision`` (``"fp32" | "bf16" | "fp16"``: autocast forward/backward, float32 sums),
-    ``channels_last`` and ``compile`` (``torch.compile`` of the forward) are speed settings;
+    ``channels_last`` (True, False or ``"auto"``: timed on CPU with the chunk size) and ``compile``
+    (``torch.compile`` of the forward) are speed settings;
     ``None`` takes the process default (``saliencekit.set_defaults``), see ``saliencekit.perf``.
     """
     _check_model(model)

@@ -159,15 +159,34 @@ def raw_floor(model: nn.Module, x: torch.Tensor, target: torch.Tensor, rows_per_
 
 
 def frozen_floor(model, *a, **k) -> Callable[[], None]:
-    """``raw_floor`` with the parameters frozen for the run (as saliencekit does), restored after."""
+    """``raw_floor`` with the parameters frozen for the run (as saliencekit does), restored after;
+    with ``channels_last=True`` the 4-D weights are in channels_last too for the run."""
     from .engine import model_guard
 
     inner = raw_floor(model, *a, **k)
+    cl = bool(k.get("channels_last"))
 
     def fn():
-        with model_guard(model):
+        with model_guard(model), channels_last_weights(model, cl):
             inner()
     return fn
+
+
+@contextlib.contextmanager
+def channels_last_weights(model: nn.Module, on: bool = True):
+    """The model's 4-D weights in channels_last for the block (a user's ``model.to(memory_format=
+    torch.channels_last)``), put back afterwards."""
+    from . import perf
+
+    if not on:
+        yield
+        return
+    st = perf.CallState(model, perf.Settings(channels_last=True))
+    perf._to_channels_last(st)
+    try:
+        yield
+    finally:
+        perf._restore_layout(st)
 
 
 def sk_case(model, x, target, name: str, n: int, **speed) -> Callable[[], object]:
@@ -180,9 +199,18 @@ def sk_case(model, x, target, name: str, n: int, **speed) -> Callable[[], object
 
 
 def captum_case(model, x, target, name: str, n: int, chunk: Optional[int],
-                noise_level: float = 0.15) -> Callable[[], object]:
+                noise_level: float = 0.15, channels_last: bool = False) -> Callable[[], object]:
     """Captum on the model as a user has it. ``chunk``: ``nt_samples_batch_size`` (samples per
-    input per chunk; rows = images x chunk) or IG's ``internal_batch_size`` (rows per chunk)."""
+    input per chunk; rows = images x chunk) or IG's ``internal_batch_size`` (rows per chunk).
+    ``channels_last``: a user who also converted the model and the input to channels_last."""
+    if channels_last:
+        inner = captum_case(model, x.contiguous(memory_format=torch.channels_last), target, name, n, chunk,
+                            noise_level)
+
+        def fn():
+            with channels_last_weights(model):
+                return inner()
+        return fn
     from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
     from .models import get_preprocessing
@@ -214,11 +242,14 @@ def captum_available() -> bool:
 def compare(model: nn.Module, x: torch.Tensor, methods: Sequence[str] = ("smoothgrad",), n: int = 50,
             repeats: int = 3, captum: bool = True, captum_chunks: Sequence[Optional[int]] = (None, 1, 2, 4, 8),
             floor_chunks: Sequence[int] = (1, 2, 4, 8, 16), variants: Optional[Dict[str, dict]] = None,
-            memory: bool = True, log: Optional[Callable[[str], None]] = None, warmup: bool = True) -> dict:
+            memory: bool = True, log: Optional[Callable[[str], None]] = None, warmup: bool = True,
+            layouts: Optional[Sequence[bool]] = None) -> dict:
     """Time ``methods`` (keys of ``SK_METHODS``) with saliencekit (defaults and ``variants``), Captum
     (its default and hand-tuned chunks) and the raw floor. The chunk sweeps and the ``variants``
     (name -> explain speed kwargs) run on the first method; the others use the best chunks found
-    there. Returns a dict with the cases and a summary."""
+    there. ``layouts``: memory layouts for the hand-tuned Captum chunks and the floor (default on
+    CPU: contiguous and channels_last, since saliencekit's "auto" may pick either; on CUDA:
+    contiguous). Returns a dict with the cases and a summary."""
     from . import perf
     from .engine import forward_scores
 
@@ -238,6 +269,8 @@ def compare(model: nn.Module, x: torch.Tensor, methods: Sequence[str] = ("smooth
     cold = time.perf_counter() - t0
     log(f"first saliencekit call (with calibration): {cold:.2f}s")
 
+    if layouts is None:
+        layouts = (False, True) if dev.type == "cpu" and any(p.dim() == 4 for p in model.parameters()) else (False,)
     groups: Dict[str, List[Case]] = {}
     best_captum = best_floor = None
     for mi, name in enumerate(methods):
@@ -246,13 +279,17 @@ def compare(model: nn.Module, x: torch.Tensor, methods: Sequence[str] = ("smooth
         for vname, speed in (variants.items() if mi == 0 else ()):
             cases.append(Case(f"saliencekit {vname}", sk_case(model, x, target, name, n, **speed), rows, name, "sk"))
         if captum:
-            chunks = list(captum_chunks) if mi == 0 else [None] + ([best_captum] if best_captum else [])
-            for c in chunks:
-                label = "Captum (default: all at once)" if c is None else f"Captum chunk {c}"
-                cases.append(Case(label, captum_case(model, x, target, name, n, c), rows, name, "captum"))
-        fchunks = floor_chunks if mi == 0 else [best_floor]
-        for c in fchunks:
-            cases.append(Case(f"raw floor, chunk {c}", frozen_floor(model, x, target, n, c), rows, name, "floor"))
+            chunks = [(None, False)] + ([(c, cl) for cl in layouts for c in captum_chunks if c is not None]
+                                        if mi == 0 else ([best_captum] if best_captum else []))
+            for c, cl in chunks:
+                label = "Captum (default: all at once)" if c is None else \
+                    f"Captum{' channels_last' if cl else ''} chunk {c}"
+                cases.append(Case(label, captum_case(model, x, target, name, n, c, channels_last=cl), rows, name,
+                                  "captum"))
+        fchunks = [(c, cl) for cl in layouts for c in floor_chunks] if mi == 0 else [best_floor]
+        for c, cl in fchunks:
+            cases.append(Case(f"raw floor{' channels_last' if cl else ''}, chunk {c}",
+                              frozen_floor(model, x, target, n, c, channels_last=cl), rows, name, "floor"))
         log(f"{name}: {len(cases)} cases x {repeats} rounds")
         run_interleaved(cases, repeats, dev, memory=memory, log=log, warmup=warmup)
         groups[name] = cases
@@ -260,12 +297,14 @@ def compare(model: nn.Module, x: torch.Tensor, methods: Sequence[str] = ("smooth
             tuned = [c for c in cases if c.kind == "captum" and c.name != "Captum (default: all at once)"]
             if tuned:
                 best = min(tuned, key=lambda c: c.best)
-                best_captum = int(best.name.rsplit(" ", 1)[1])
+                best_captum = (int(best.name.rsplit(" ", 1)[1]), "channels_last" in best.name)
             fl = min((c for c in cases if c.kind == "floor"), key=lambda c: c.best)
-            best_floor = int(fl.name.rsplit(" ", 1)[1])
-    chosen = perf.cached_chunk(model, perf.cache_key(x, perf.get_defaults()))
-    return {"groups": groups, "cold_first_call_s": cold, "auto_chunk": chosen, "n": n, "images": x.shape[0],
-            "input": tuple(x.shape[1:]), "repeats": repeats, "warmup": warmup}
+            best_floor = (int(fl.name.rsplit(" ", 1)[1]), "channels_last" in fl.name)
+    key = perf.cache_key(x, perf.get_defaults())
+    chosen = perf.cached_chunk(model, key)
+    layout = perf._LAYOUT.get(model, {}).get(key)
+    return {"groups": groups, "cold_first_call_s": cold, "auto_chunk": chosen, "auto_layout": layout, "n": n,
+            "images": x.shape[0], "input": tuple(x.shape[1:]), "repeats": repeats, "warmup": warmup}
 
 
 def summary_rows(cases: Sequence[Case]) -> Dict[str, float]:
@@ -293,7 +332,8 @@ def markdown(result: dict, title: str, goals: bool = True) -> str:
                  f"{'' if result.get('warmup', True) else ' (no separate warm-up round)'}; "
                  f"first saliencekit call including chunk "
                  f"calibration: {result['cold_first_call_s']:.2f} s; automatic chunk chosen: "
-                 f"{result['auto_chunk'] if result['auto_chunk'] is not None else 'fixed rule (no calibration)'}.")
+                 f"{result['auto_chunk'] if result['auto_chunk'] is not None else 'fixed rule (no calibration)'}"
+                 + {True: " in channels_last", False: " contiguous"}.get(result.get("auto_layout"), "") + ".")
     lines.append("")
     lines.append("| method | case | gradients | best s | median s | gradients/s | relative to saliencekit | "
                  "peak extra memory MiB |")

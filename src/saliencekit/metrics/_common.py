@@ -81,11 +81,12 @@ def chunk_rows(x: torch.Tensor, total: int, batch_size: Optional[int]) -> int:
 def guarded(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode, frozen parameters and inference mode for the call; the model restored after.
 
-    The metrics follow the process-wide ``channels_last`` default (``saliencekit.set_defaults``):
+    The metrics follow the process-wide ``channels_last=True`` default (``saliencekit.set_defaults``;
+    ``"auto"`` runs contiguous: a metric's many small forwards are not calibrated):
     a memory layout, so the scores only change by float rounding. Precision stays float32 and
     nothing is compiled: a metric should not depend on the speed switches of the maps it judges.
     """
-    settings = perf.Settings(channels_last=perf.get_defaults().channels_last, calibrate=False)
+    settings = perf.Settings(channels_last=perf.get_defaults().channels_last is True, calibrate=False)
     with engine.model_guard(model), perf.call_scope(model, settings), torch.inference_mode():
         yield model
 
