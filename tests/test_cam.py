@@ -356,8 +356,10 @@ def test_unit_scores_are_read_before_a_following_inplace_relu(tiny_cnn, x):
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcampp", "gradient", "gradient_x_input"])
-def test_predicted_resolved_in_the_single_pass(tiny_cnn, x, method):
-    """target='predicted' costs one forward (the gradient pass itself) and equals the explicit class."""
+def test_predicted_resolved_in_the_single_pass(tiny_cnn, x, method, monkeypatch):
+    """A class target costs one forward (the gradient pass itself), with the separate-forward path's result."""
+    from saliencekit.methods.base import REGISTRY
+
     sk.explain(tiny_cnn, x, method)  # warm the automatic-layer cache (its trace is a forward too)
     calls = []
     h = tiny_cnn.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
@@ -369,9 +371,13 @@ def test_predicted_resolved_in_the_single_pass(tiny_cnn, x, method):
     with torch.no_grad():
         logits = tiny_cnn(x)
     torch.testing.assert_close(e.targets, logits.argmax(1))
-    ref = sk.explain(tiny_cnn, x, method, target=logits.argmax(1), batch_size=2)  # the separate-forward path
-    torch.testing.assert_close(e.attributions, ref.attributions)
-    torch.testing.assert_close(e.scores, ref.scores)
+    explicit = sk.explain(tiny_cnn, x, method, target=logits.argmax(1), batch_size=2)
+    monkeypatch.setattr(REGISTRY[method], "clean_pass", False)
+    ref = sk.explain(tiny_cnn, x, method, target="predicted", batch_size=2)  # the separate-forward path
+    for other in (explicit, ref):
+        torch.testing.assert_close(e.attributions, other.attributions)
+        torch.testing.assert_close(e.scores, other.scores)
+        torch.testing.assert_close(e.targets, other.targets)
     torch.testing.assert_close(e.scores, logits.gather(1, logits.argmax(1)[:, None])[:, 0])
     prob = sk.explain(tiny_cnn, x, method, score="softmax")
     torch.testing.assert_close(prob.scores, torch.softmax(logits, 1).max(1).values)

@@ -12,7 +12,7 @@ from . import engine, methods, noise, perf
 from .explanation import Explanation
 from .methods.base import REGISTRY, Context
 from .models import Preprocessing, class_names, get_preprocessing
-from .targets import (ClassScore, CustomScore, PredictedInPass, check_score_space, is_custom_target,
+from .targets import (ClassScore, CustomScore, ClassInPass, check_score_space, is_custom_target,
                       resolve_classes)
 
 
@@ -109,11 +109,10 @@ def explain(model: nn.Module, x: torch.Tensor, method: str, target: Any = "predi
         if x.is_inference():
             x = x.clone()  # a normal tensor (outside inference mode) that autograd may record
         x = x.detach()
-        # Methods whose pass is one forward of the clean batch resolve "predicted" from that pass
+        # Methods whose pass is one forward of the clean batch resolve a class target from that pass
         # (fp32 only: a bf16/fp16 forward could flip a near-tied argmax relative to other methods).
-        if (spec.clean_pass and isinstance(target, str) and target == "predicted"
-                and speed.precision == "fp32"):
-            in_pass = PredictedInPass(x.shape[0], space)
+        if spec.clean_pass and not is_custom_target(target) and speed.precision == "fp32":
+            in_pass = ClassInPass(target, x.shape[0], space)
             ctx = Context(model=model, x=x, score=in_pass, classes=None, clean_outputs=None, seed=seed_int,
                           batch_size=batch_size, preprocessing=spec_pp, progress=progress, image_ids=image_ids)
             result = spec.fn(ctx, **opts)

@@ -9,7 +9,7 @@ callable mapping the model's output (rows x classes) to one score per row.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -104,25 +104,37 @@ class ClassScore:
         return scores.gather(1, cls[:, None])[:, 0]
 
 
-class PredictedInPass:
-    """``target="predicted"`` resolved inside a method's own pass over the clean batch.
+class ClassInPass:
+    """A class target resolved inside a method's own pass over the clean batch.
 
-    For methods whose gradient pass is exactly one forward of the clean batch (gradient, Grad-CAM):
-    each row's class is the argmax of that row's outputs, which are the clean outputs, so the
-    separate clean forward is skipped. Records every image's class, full outputs and score.
+    For methods whose gradient pass is exactly one forward of the clean batch (gradient, Grad-CAM)
+    those outputs are the clean outputs, so no separate clean forward is needed: ``"predicted"``
+    takes each row's argmax; explicit class indices are checked against the outputs' width on the
+    first chunk. Records every image's class, full outputs and score.
     """
 
     layers: tuple = ()
 
-    def __init__(self, n: int, space: str = "logit"):
+    def __init__(self, target: Any, n: int, space: str = "logit"):
+        self.target = target
         self.n = n
         self.space = check_score_space(space)
+        self.classes: Optional[torch.Tensor] = None
         self.found: dict[int, tuple[int, torch.Tensor]] = {}
+        if not (isinstance(target, str) and target == "predicted"):
+            # everything but the class range is checked before the pass
+            resolve_classes(target, torch.zeros(()).expand(n, 2 ** 31 - 1))  # a view: no memory
 
     def rows(self, outputs: torch.Tensor, image_index: torch.Tensor, captures=None) -> torch.Tensor:
-        cls = outputs.detach().argmax(dim=1)
+        out = outputs.detach()
+        if isinstance(self.target, str):
+            cls = out.argmax(dim=1)
+        else:
+            if self.classes is None:
+                self.classes = resolve_classes(self.target, out.new_empty((self.n, out.shape[1])))
+            cls = self.classes.to(out.device)[image_index.to(out.device)]
         for r, i in enumerate(image_index.tolist()):
-            self.found[i] = (int(cls[r]), outputs[r].detach().float().clone())
+            self.found[i] = (int(cls[r]), out[r].float().clone())
         return apply_space(outputs, self.space).gather(1, cls[:, None])[:, 0]
 
     def resolved(self) -> tuple[torch.Tensor, torch.Tensor]:
