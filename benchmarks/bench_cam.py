@@ -1,6 +1,13 @@
-"""Throughput of saliencekit's Grad-CAM++ / Smooth Grad-CAM++ vs TorchCAM, side by side in one process.
+"""Throughput of saliencekit's Grad-CAM / Grad-CAM++ / Smooth Grad-CAM++ vs TorchCAM and pytorch-grad-cam,
+side by side in one process.
 
     .venv/bin/python benchmarks/bench_cam.py [--images 2] [--samples 8] [--repeats 3] [--models efficientnet-lite0,resnet50]
+
+pytorch-grad-cam (``pip install --no-deps grad-cam opencv-python-headless ttach``) imports
+torchvision when its package is imported, and torchvision from PyPI does not import with the CPU
+torch build used here; the script then registers an empty stand-in ``torchvision`` module (only
+``transforms`` / ``ops`` names, which GradCAM and GradCAMPlusPlus never call) so the CAM classes
+can be timed, and says so in the table. Without grad-cam installed its rows are skipped.
 
 Equal settings: the same model object, images, target classes (the predicted ones), layer and
 number of noisy samples with the same absolute noise std (TorchCAM's ``std``; ours ``stdev``).
@@ -92,15 +99,46 @@ def timed(fn):
     return time.perf_counter() - t
 
 
-def bench_case(model, x, cls, ours_name, opts, extractor, batch_size, repeats):
-    """Median seconds of saliencekit (auto chunk), saliencekit (batch_size) and TorchCAM, alternated."""
+def import_pytorch_grad_cam():
+    """(module, note) or (None, reason)."""
+    import importlib.util
+    import types
+
+    if importlib.util.find_spec("pytorch_grad_cam") is None:
+        return None, "grad-cam not installed"
+    note = ""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        tv = types.ModuleType("torchvision")
+        tv.__path__ = []
+        tr = types.ModuleType("torchvision.transforms")
+        tr.__path__ = []
+        trf = types.ModuleType("torchvision.transforms.functional")
+        ops = types.ModuleType("torchvision.ops")
+
+        def unavailable(*a, **k):
+            raise RuntimeError("torchvision stand-in: not available in this benchmark")
+        for name in ("Compose", "Normalize", "ToTensor"):
+            setattr(tr, name, unavailable)
+        trf.resize = unavailable
+        ops.box_iou = unavailable
+        tv.transforms, tr.functional, tv.ops = tr, trf, ops
+        sys.modules.update({"torchvision": tv, "torchvision.transforms": tr,
+                            "torchvision.transforms.functional": trf, "torchvision.ops": ops})
+        note = "torchvision stand-in"
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    pytorch_grad_cam.ClassifierOutputTarget = ClassifierOutputTarget
+    return pytorch_grad_cam, note
+
+
+def bench_case(model, x, cls, ours_name, opts, theirs, batch_size, repeats):
+    """Median seconds of saliencekit (auto chunk), saliencekit (batch_size) and the other library, alternated."""
 
     def ours(bs=None):
         sk.explain(model, x, ours_name, target=cls, batch_size=bs, **opts)
-
-    def theirs():
-        extractor(class_idx=cls, scores=model(x))
-        model.zero_grad(set_to_none=True)
 
     ours()  # warm-up (auto chunk calibration, layer lookup)
     ours(batch_size)
@@ -122,11 +160,16 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=16,
                     help="saliencekit rows per chunk for the second saliencekit column (the first is automatic)")
     ap.add_argument("--models", default="efficientnet-lite0,resnet50")
-    ap.add_argument("--methods", default="gradcampp,smoothgradcampp")
+    ap.add_argument("--methods", default="gradcam,gradcampp,smoothgradcampp")
+    ap.add_argument("--libraries", default="torchcam,pytorch-grad-cam")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks_cam.md"))
     args = ap.parse_args(argv)
-    from torchcam.methods import GradCAMpp, SmoothGradCAMpp
+    from torchcam.methods import GradCAM, GradCAMpp, SmoothGradCAMpp
 
+    libs = args.libraries.split(",")
+    pgc, pgc_note = import_pytorch_grad_cam() if "pytorch-grad-cam" in libs else (None, "not requested")
+    if "pytorch-grad-cam" in libs and pgc is None:
+        print(f"pytorch-grad-cam skipped: {pgc_note}", flush=True)
     torch.manual_seed(0)
     rows = []
     for mname in args.models.split(","):
@@ -136,37 +179,56 @@ def main(argv=None):
         x = sk.load_images([samples[i % len(samples)] for i in range(args.images)], preprocessing=pre)
         with torch.no_grad():
             cls = model(x).argmax(1).tolist()
+        module = dict(model.named_modules())[layer]
         for ours_name in args.methods.split(","):
-            if ours_name == "gradcampp":
-                tc_name, opts = "GradCAMpp", {"layer": layer}
-                extractor = GradCAMpp(model, target_layer=layer)
-            elif ours_name == "smoothgradcampp":
-                tc_name, opts = "SmoothGradCAMpp", {"layer": layer, "n_samples": args.samples, "stdev": args.std}
-                extractor = SmoothGradCAMpp(model, target_layer=layer, num_samples=args.samples, std=args.std)
-            else:
-                raise SystemExit(f"unknown method {ours_name!r}")
-            try:
-                mo, mb, mt = bench_case(model, x, cls, ours_name, opts, extractor, args.batch_size, args.repeats)
-            finally:
-                extractor.remove_hooks()
-            n = args.images
-            rows.append((mname, ours_name, tc_name, opts.get("n_samples", 1), n, n / mo, n / mb, n / mt, mt / mo,
-                         mt / mb))
-            print(f"{mname:18s} {ours_name:16s} ours(auto) {n / mo:7.3f} img/s  ours(bs={args.batch_size}) "
-                  f"{n / mb:7.3f} img/s  torchcam {tc_name:16s} {n / mt:7.3f} img/s  ratios {mt / mo:5.2f}x "
-                  f"{mt / mb:5.2f}x", flush=True)
+            opts = {"layer": layer}
+            if ours_name == "smoothgradcampp":
+                opts.update(n_samples=args.samples, stdev=args.std)
+            others = []
+            if "torchcam" in libs:
+                tc_cls = {"gradcam": GradCAM, "gradcampp": GradCAMpp, "smoothgradcampp": SmoothGradCAMpp}[ours_name]
+                kw = {"num_samples": args.samples, "std": args.std} if ours_name == "smoothgradcampp" else {}
+                others.append(("torchcam", tc_cls.__name__, lambda c=tc_cls, kw=kw: c(model, target_layer=layer, **kw)))
+            if pgc is not None and ours_name in ("gradcam", "gradcampp"):
+                pg_cls = pgc.GradCAM if ours_name == "gradcam" else pgc.GradCAMPlusPlus
+                others.append(("pytorch-grad-cam", pg_cls.__name__ + (f" ({pgc_note})" if pgc_note else ""),
+                               lambda c=pg_cls: c(model=model, target_layers=[module])))
+            for lib, other_name, make in others:
+                extractor = make()
+                if lib == "torchcam":
+                    def theirs(e=extractor):
+                        e(class_idx=cls, scores=model(x))
+                        model.zero_grad(set_to_none=True)
+                    close = extractor.remove_hooks
+                else:
+                    targets = [pgc.ClassifierOutputTarget(c) for c in cls]
+
+                    def theirs(e=extractor, t=targets):
+                        e(input_tensor=x, targets=t)
+                        model.zero_grad(set_to_none=True)
+                    close = extractor.activations_and_grads.release
+                try:
+                    mo, mb, mt = bench_case(model, x, cls, ours_name, opts, theirs, args.batch_size, args.repeats)
+                finally:
+                    close()
+                n = args.images
+                rows.append((mname, ours_name, f"{lib}: {other_name}", opts.get("n_samples", 1), n, n / mo, n / mb,
+                             n / mt, mt / mo, mt / mb))
+                print(f"{mname:18s} {ours_name:16s} ours(auto) {n / mo:7.3f} img/s  ours(bs={args.batch_size}) "
+                      f"{n / mb:7.3f} img/s  {lib} {other_name:16s} {n / mt:7.3f} img/s  ratios {mt / mo:5.2f}x "
+                      f"{mt / mb:5.2f}x", flush=True)
 
     cmd = "python benchmarks/bench_cam.py " + " ".join(sys.argv[1:] if argv is None else argv)
     bs = args.batch_size
     lines = [
-        "# CAM throughput: saliencekit vs TorchCAM",
+        "# CAM throughput: saliencekit vs TorchCAM and pytorch-grad-cam",
         "",
         f"Command: `{cmd.strip()}` (one process, calls alternated, median of {args.repeats}).",
         (f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
          f"{args.images} images of 224x224, noise std {args.std} (absolute) for the smooth variants."),
         "",
-        (f"| model | saliencekit | TorchCAM | samples | images | saliencekit img/s (auto chunk) | "
-         f"saliencekit img/s (batch_size={bs}) | TorchCAM img/s | speed-up (auto) | speed-up (batch_size={bs}) |"),
+        (f"| model | saliencekit | other library | samples | images | saliencekit img/s (auto chunk) | "
+         f"saliencekit img/s (batch_size={bs}) | other img/s | speed-up (auto) | speed-up (batch_size={bs}) |"),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m, o, t, s, n, a, a2, b, r, r2 in rows:
