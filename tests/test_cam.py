@@ -381,3 +381,23 @@ def test_predicted_resolved_in_the_single_pass(tiny_cnn, x, method, monkeypatch)
     torch.testing.assert_close(e.scores, logits.gather(1, logits.argmax(1)[:, None])[:, 0])
     prob = sk.explain(tiny_cnn, x, method, score="softmax")
     torch.testing.assert_close(prob.scores, torch.softmax(logits, 1).max(1).values)
+
+
+def test_smoothgradcampp_resolves_the_class_in_its_clean_pass(tiny_cnn, x, monkeypatch):
+    """The clean activation pass also picks the class: n + n * samples forwards, and the noisy rows
+    keep the clean class (a noisy argmax never re-picks it)."""
+    from saliencekit.methods.base import REGISTRY
+
+    sk.explain(tiny_cnn, x, "smoothgradcampp", n_samples=2)  # warm the automatic-layer cache
+    calls = []
+    h = tiny_cnn.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    try:
+        e = sk.explain(tiny_cnn, x, "smoothgradcampp", n_samples=5, noise_level=0.5, seed=3)
+    finally:
+        h.remove()
+    assert sum(calls) == x.shape[0] * (1 + 5)
+    monkeypatch.setattr(REGISTRY["smoothgradcampp"], "clean_pass", False)
+    ref = sk.explain(tiny_cnn, x, "smoothgradcampp", n_samples=5, noise_level=0.5, seed=3)
+    torch.testing.assert_close(e.attributions, ref.attributions)
+    torch.testing.assert_close(e.targets, ref.targets)
+    torch.testing.assert_close(e.scores, ref.scores)

@@ -31,9 +31,6 @@ from torch import nn
 from . import perf
 from .hooks import capture
 
-# Rows of a 224x224 RGB image per chunk on CPU (measured: small chunks are fastest there).
-_CPU_ELEMENTS_PER_CHUNK = 3 * 224 * 224
-_CUDA_DEFAULT_ROWS = 64
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:

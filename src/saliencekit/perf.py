@@ -55,8 +55,10 @@ MIN_CANDIDATES = 3             # calibrate only if at least 1, 2, 4 fit in that 
 STOP_FACTOR = 1.25             # stop growing once a size is this much slower per row than the best
 CUDA_MEMORY_FRACTION = 0.8     # share of free memory a chunk may use
 CUDA_MAX_ROWS = 1024
-# Rows of a 224x224 RGB image per chunk on CPU when not calibrating (measured: small chunks are fastest).
-_CPU_ELEMENTS_PER_CHUNK = 3 * 224 * 224
+# Rows per chunk on CPU when not calibrating: 4 images of 3x224x224. Measured on 2 cores (forward+
+# backward, images/s at chunks 1 / 2 / 4 / 8): EfficientNet-Lite0 channels_last 4 rows best, contiguous
+# 2-8 about even; ResNet-50 4-8 rows best, 1 row slowest (benchmarks/results/*_cpu.md).
+_CPU_ELEMENTS_PER_CHUNK = 4 * 3 * 224 * 224
 _CPU_MAX_ROWS = 64
 
 
@@ -307,7 +309,7 @@ def clear_cache() -> None:
 
 
 def safe_rows(x: torch.Tensor, total_rows: int) -> int:
-    """Fixed rule without timing: about one 224x224 RGB image per chunk on CPU, 64 rows on CUDA."""
+    """Fixed rule without timing: about four 224x224 RGB images per chunk on CPU, 64 rows on CUDA."""
     per_row = max(1, x[0].numel())
     if x.device.type == "cuda":
         rows = 64

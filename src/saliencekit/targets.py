@@ -110,7 +110,8 @@ class ClassInPass:
     For methods whose gradient pass is exactly one forward of the clean batch (gradient, Grad-CAM)
     those outputs are the clean outputs, so no separate clean forward is needed: ``"predicted"``
     takes each row's argmax; explicit class indices are checked against the outputs' width on the
-    first chunk. Records every image's class, full outputs and score.
+    first chunk. Records every image's class, full outputs and score. Once every image has been
+    seen, later rows (a method's noisy passes after its clean one) use the recorded classes.
     """
 
     layers: tuple = ()
@@ -127,6 +128,9 @@ class ClassInPass:
 
     def rows(self, outputs: torch.Tensor, image_index: torch.Tensor, captures=None) -> torch.Tensor:
         out = outputs.detach()
+        if len(self.found) == self.n:  # the clean pass is over: later (e.g. noisy) rows keep its classes
+            cls = torch.tensor([self.found[i][0] for i in image_index.tolist()], device=out.device)
+            return apply_space(outputs, self.space).gather(1, cls[:, None])[:, 0]
         if isinstance(self.target, str):
             cls = out.argmax(dim=1)
         else:

@@ -266,7 +266,7 @@ def gradcampp(ctx: Context, layer, channels, relu, prefix_tokens, score):
     return cam_maps(ctx, "gradcampp", layer, channels, relu, prefix_tokens)
 
 
-@register("smoothgradcampp", defaults=SMOOTH_DEFAULTS, heatmap=CAM_HEATMAP, stochastic=True)
+@register("smoothgradcampp", defaults=SMOOTH_DEFAULTS, heatmap=CAM_HEATMAP, stochastic=True, clean_pass=True)
 def smoothgradcampp(ctx: Context, layer, channels, relu, prefix_tokens, score, n_samples, noise_level, stdev,
                     alpha_numerator):
     """Smooth Grad-CAM++ (Omeiza et al. 2019): Grad-CAM++ with D1, D2, D3 = means of g, g^2, g^3 over
