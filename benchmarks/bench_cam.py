@@ -241,17 +241,11 @@ def main(argv=None):
         "(its masked in-place division acts on a copy) and its SmoothGradCAMpp is its own variant.",
         "ResNet-50 has random weights (torchvision-free definition in the script). saliencekit takes",
         "gradients only to the captured layer (`autograd.grad`: no weight gradients, no backward below",
-        "the layer) and runs the noisy copies of all images in chunks of `batch_size` rows; each call",
-        "also runs one no-grad forward of the clean batch to resolve the target (and, for Smooth",
-        "Grad-CAM++, one for the clean activations).",
-        '',
-        'Reading (CPU, 2 cores shared with other jobs, so single numbers are noisy): Smooth Grad-CAM++ gains',
-        'from batching the noisy copies (`batch_size=16`); with the automatic chunk size, which on CPU is',
-        'currently 1 row of 224x224 per chunk, it is about even with TorchCAM. Single-pass Grad-CAM++ is',
-        'slower than TorchCAM here: `explain` runs a separate no-grad forward of the clean batch to resolve',
-        "the target before the gradient pass, and on CPU a forward costs more than TorchCAM's backward",
-        '(measured separately on EfficientNet-Lite0, 2 images: no-grad forward 0.57 s, TorchCAM call',
-        '0.94 s, `explain` 1.35 s, medians of 5).',
+        "the layer) and runs the noisy copies of all images in chunks of `batch_size` rows. Grad-CAM and",
+        "Grad-CAM++ resolve the class in their single gradient pass, Smooth Grad-CAM++ in its clean",
+        "activation pass (no separate forward). TorchCAM is timed as its docs use it (hooks installed once,",
+        "then `model(x)` and the extractor); pytorch-grad-cam as its docs use it (`cam(input_tensor,",
+        "targets)`, which also backpropagates to the weights and resizes with OpenCV).",
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")

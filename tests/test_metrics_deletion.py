@@ -172,3 +172,24 @@ def test_channels_last_default_same_scores_model_untouched(tiny_cnn, images):
     assert_same_state(before, model_state(tiny_cnn))
     assert [p.data_ptr() for p in tiny_cnn.parameters()] == ptrs
     assert all(p.is_contiguous() for p in tiny_cnn.parameters())
+
+
+def test_explicit_classes_need_no_extra_forward_and_are_range_checked(tiny_cnn, images):
+    sal = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        cls = tiny_cnn(images).argmax(1)
+    calls = []
+    h = tiny_cnn.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    try:
+        a = deletion(tiny_cnn, images, sal, target=cls, step=64)
+        n_explicit = sum(calls)
+        b = deletion(tiny_cnn, images, sal, step=64)
+    finally:
+        h.remove()
+    torch.testing.assert_close(a, b)
+    assert n_explicit == 3 * (256 // 64 + 1)          # the curve points only
+    assert sum(calls) - n_explicit == n_explicit + 3   # "predicted" adds one clean forward per image
+    with pytest.raises(ValueError, match="class index 9 is out of range"):
+        deletion(tiny_cnn, images, sal, target=9, step=64)
+    with pytest.raises(ValueError, match=">= 0"):
+        insertion(tiny_cnn, images, sal, target=[0, -1, 2], step=64)

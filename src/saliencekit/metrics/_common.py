@@ -109,6 +109,28 @@ def resolve_target(model: nn.Module, x: torch.Tensor, target: Any, batch_size: O
     return resolve_classes(target, out), out
 
 
+def target_classes(model: nn.Module, x: torch.Tensor, target: Any, batch_size: Optional[int] = None
+                   ) -> torch.Tensor:
+    """Classes per image without a forward when ``target`` already names them (the class range is
+    checked against the model's outputs when the first chunk is scored, see ``scored_rows``);
+    ``"predicted"`` costs one forward of the clean batch. Call inside ``guarded``."""
+    if isinstance(target, str) and target == "predicted":
+        return resolve_target(model, x, target, batch_size)[0]
+    try:
+        return resolve_classes(target, torch.zeros((), device=x.device).expand(x.shape[0], 2 ** 31 - 1))
+    except ValueError as e:
+        if "out of range" in str(e):  # only a negative index fails against the unbounded width
+            raise ValueError("target: expected class indices >= 0, got a negative index") from None
+        raise
+
+
+def check_class_range(classes: torch.Tensor, k: int) -> None:
+    if classes.numel() and (int(classes.max()) >= k or int(classes.min()) < 0):
+        bad = classes[(classes >= k) | (classes < 0)][0].item()
+        raise ValueError(f"target: class index {bad} is out of range for a model with {k} outputs "
+                         f"(expected 0..{k - 1})")
+
+
 def select(out: torch.Tensor, classes: torch.Tensor, space: str) -> torch.Tensor:
     if space == "softmax":
         s = torch.softmax(out.float(), dim=1)
@@ -127,6 +149,8 @@ def scored_rows(model: nn.Module, total: int, build: Callable[[torch.Tensor], Tu
         idx = torch.arange(s, min(total, s + rows))
         inp, img = build(idx)
         out = forward(model, inp)
+        if s == 0:
+            check_class_range(classes, out.shape[1])
         res.append(select(out, classes[img.to(classes.device)], space))
     return torch.cat(res) if res else torch.zeros(0)
 

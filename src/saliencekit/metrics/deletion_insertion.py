@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..methods.integrated import gaussian_blur
 from ._common import (broadcast_image, check_model, check_saliency, check_x, chunk_rows, guarded, positive_int,
-                      ranks, resolve_target, scored_rows, trapezoid_auc)
+                      ranks, scored_rows, target_classes, trapezoid_auc)
 
 PROTOCOLS = ("rise", "igos")
 RISE_BLUR = (11, 5.0)
@@ -54,7 +54,7 @@ def _curve(model, x, saliency, target, step, start, end, protocol, mask_size, ba
     """Curve of the class probability while pixels move, in saliency order, from ``start`` to ``end``."""
     b, _, h, w = x.shape
     with guarded(model):
-        classes, _ = resolve_target(model, x, target, batch_size)
+        classes = target_classes(model, x, target, batch_size)
         if protocol == "rise":
             hw = h * w
             n = math.ceil(hw / step)
