@@ -94,8 +94,12 @@ def build(name):
 
 
 def timed(fn):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     t = time.perf_counter()
     fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - t
 
 
@@ -162,6 +166,7 @@ def main(argv=None):
     ap.add_argument("--models", default="efficientnet-lite0,resnet50")
     ap.add_argument("--methods", default="gradcam,gradcampp,smoothgradcampp")
     ap.add_argument("--libraries", default="torchcam,pytorch-grad-cam")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks_cam.md"))
     args = ap.parse_args(argv)
     from torchcam.methods import GradCAM, GradCAMpp, SmoothGradCAMpp
@@ -174,9 +179,11 @@ def main(argv=None):
     rows = []
     for mname in args.models.split(","):
         model, layer = build(mname)
+        model = model.to(args.device)
         pre = sk.get_preprocessing(model)
         samples = [a for _, a in sk.sample_images()]
-        x = sk.load_images([samples[i % len(samples)] for i in range(args.images)], preprocessing=pre)
+        x = sk.load_images([samples[i % len(samples)] for i in range(args.images)], preprocessing=pre,
+                           device=args.device)
         with torch.no_grad():
             cls = model(x).argmax(1).tolist()
         module = dict(model.named_modules())[layer]

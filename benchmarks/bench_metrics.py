@@ -33,8 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(fn):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     t = time.perf_counter()
     out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - t, out
 
 
@@ -44,6 +48,7 @@ def main(argv=None):
     ap.add_argument("--steps", default="20,224")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks_metrics.md"))
     args = ap.parse_args(argv)
     if args.threads:
@@ -51,11 +56,11 @@ def main(argv=None):
     from torchcam.methods import GradCAM
     from torchcam.metrics import DeletionInsertionMetric
 
-    model = sk.load_model("efficientnet-lite0")
+    model = sk.load_model("efficientnet-lite0", device=args.device)
     layer = "_swish"
     photos = [a for _, a in sk.sample_images()]
     x = sk.load_images([photos[i % len(photos)] for i in range(args.images)],
-                       preprocessing=sk.get_preprocessing(model))
+                       preprocessing=sk.get_preprocessing(model), device=args.device)
     hw = x.shape[-2] * x.shape[-1]
     rows, notes = [], []
     for steps in [int(s) for s in args.steps.split(",")]:

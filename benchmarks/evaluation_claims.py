@@ -1,0 +1,84 @@
+"""The three paper claims of docs/evaluation.md, tested on a `saliencekit evaluate` results.csv.
+
+    python benchmarks/evaluation_claims.py OUT/results.csv [--st OUT_ST/results.csv]
+
+Each claim is a paired comparison over the same images: the mean difference with a 95% Student-t
+interval and how many images favour each side (ties counted apart). Prints markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from collections import defaultdict
+
+from scipy import stats
+
+CLAIMS = [
+    # (claim, metric, method that should be lower, reference method(s), source)
+    ("SmoothTaylor less noisy than IG (lower AUTVC)", "autvc", "smoothtaylor", ["ig_black", "ig_blur"],
+     "Goh et al. 2021"),
+    ("positive map: lower allegiance AUC than the gradient", "allegiance", "positive", ["original", "gradient"],
+     "Llorente et al. 2023"),
+    ("active map: lower allegiance AUC than the gradient", "allegiance", "active", ["original", "gradient"],
+     "Llorente et al. 2023"),
+    ("Grad-CAM++ lower average drop than Grad-CAM", "average_drop", "gradcampp", ["gradcam"],
+     "Chattopadhyay et al. 2018"),
+    ("adaptive SmoothTaylor less noisy than fixed sigma (lower AUTVC)", "autvc", "smoothtaylor_adaptive",
+     ["smoothtaylor"], "Goh et al. 2021"),
+]
+
+
+def load(paths):
+    vals = defaultdict(dict)  # (method, metric) -> {image: value}
+    for p in paths:
+        with open(p) as f:
+            for r in csv.DictReader(f):
+                vals[(r["method"], r["metric"])][r["image"]] = float(r["value"])
+    return vals
+
+
+def paired(a: dict, b: dict):
+    imgs = sorted(set(a) & set(b))
+    d = [a[i] - b[i] for i in imgs]
+    n = len(d)
+    if n < 2:
+        return None
+    m = sum(d) / n
+    sd = math.sqrt(sum((v - m) ** 2 for v in d) / (n - 1))
+    h = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    lower = sum(v < 0 for v in d)
+    higher = sum(v > 0 for v in d)
+    return n, sum(a[i] for i in imgs) / n, sum(b[i] for i in imgs) / n, m, m - h, m + h, lower, higher
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results", nargs="+")
+    args = ap.parse_args()
+    vals = load(args.results)
+    print("| claim (paper) | metric | method vs reference | images | means | paired difference [95% CI] | "
+          "images where lower / higher | verdict |")
+    print("|---|---|---|---:|---|---|---|---|")
+    for claim, metric, m, refs, src in CLAIMS:
+        for ref in refs:
+            a, b = vals.get((m, metric)), vals.get((ref, metric))
+            if not a or not b:
+                continue
+            r = paired(a, b)
+            if r is None:
+                continue
+            n, ma, mb, d, lo, hi, low, high = r
+            if hi < 0:
+                verdict = "**holds**"
+            elif lo > 0:
+                verdict = "**reversed**"
+            else:
+                verdict = "not significant"
+            print(f"| {claim} ({src}) | {metric} | {m} vs {ref} | {n} | {ma:.4g} vs {mb:.4g} | "
+                  f"{d:+.4g} [{lo:+.4g}, {hi:+.4g}] | {low} / {high} | {verdict} |")
+
+
+if __name__ == "__main__":
+    main()
