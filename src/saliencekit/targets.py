@@ -9,7 +9,7 @@ callable mapping the model's output (rows x classes) to one score per row.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -47,12 +47,19 @@ def resolve_classes(target: Any, outputs: torch.Tensor) -> torch.Tensor:
 
     ``outputs`` are the model's outputs on the clean batch (B x K).
     """
-    b, k = outputs.shape[0], outputs.shape[1]
-    if isinstance(target, str):
-        if target != "predicted":
-            raise ValueError(f"target: expected 'predicted', an int, a sequence or a tensor of "
-                             f"class indices, got the string {target!r}")
+    if isinstance(target, str) and target == "predicted":
         return outputs.argmax(dim=1).long()
+    idx = class_indices(target, outputs.shape[0], outputs.device)
+    check_class_range(idx, outputs.shape[1])
+    return idx
+
+
+def class_indices(target: Any, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Explicit class indices for ``n`` images, checked for type and count but not for range (the
+    model's width is not known yet); ``check_class_range`` does the rest."""
+    if isinstance(target, str):
+        raise ValueError(f"target: expected 'predicted', an int, a sequence or a tensor of "
+                         f"class indices, got the string {target!r}")
     if isinstance(target, (bool, np.bool_)):
         raise TypeError("target: expected a class index, got a bool")
     if isinstance(target, np.ndarray):  # numpy class indices, like a tensor
@@ -62,13 +69,13 @@ def resolve_classes(target: Any, outputs: torch.Tensor) -> torch.Tensor:
     if isinstance(target, numbers.Integral):
         target = int(target)
     if isinstance(target, int):
-        idx = torch.full((b,), target, dtype=torch.long, device=outputs.device)
+        idx = torch.full((n,), target, dtype=torch.long, device=device)
     elif isinstance(target, torch.Tensor):
         if target.dtype.is_floating_point or target.dtype == torch.bool or target.dtype.is_complex:
             raise TypeError(f"target: expected an integer tensor of class indices, got dtype {target.dtype}")
-        idx = target.reshape(-1).long().to(outputs.device)
+        idx = target.reshape(-1).long().to(device)
         if idx.numel() == 1:
-            idx = idx.expand(b).clone()
+            idx = idx.expand(n).clone()
     elif isinstance(target, Sequence):
         try:
             vals = [int(t) for t in target]
@@ -76,16 +83,28 @@ def resolve_classes(target: Any, outputs: torch.Tensor) -> torch.Tensor:
             raise TypeError("target: expected a sequence of integer class indices") from None
         if any(isinstance(t, bool) or (isinstance(t, float) and not float(t).is_integer()) for t in target):
             raise TypeError("target: expected integer class indices")
-        idx = torch.tensor(vals, dtype=torch.long, device=outputs.device)
+        idx = torch.tensor(vals, dtype=torch.long, device=device)
     else:
         raise TypeError(f"target: expected 'predicted', an int, a sequence or tensor of class indices, "
                         f"or a unit target; got {type(target).__name__}")
-    if idx.numel() != b:
-        raise ValueError(f"target: expected one class index per image ({b}), got {idx.numel()}")
+    if idx.numel() != n:
+        raise ValueError(f"target: expected one class index per image ({n}), got {idx.numel()}")
+    return idx
+
+
+def check_class_range(idx: torch.Tensor, k: int) -> None:
     if (idx < 0).any() or (idx >= k).any():
         bad = idx[(idx < 0) | (idx >= k)][0].item()
         raise ValueError(f"target: class index {bad} is out of range for a model with {k} outputs "
                          f"(expected 0..{k - 1})")
+
+
+def explicit_classes(target: Any, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``class_indices`` plus the part of the range check that needs no model: indices >= 0. For
+    callers that learn the model's width only from their first chunk of outputs."""
+    idx = class_indices(target, n, device)
+    if (idx < 0).any():
+        raise ValueError(f"target: class index {idx[idx < 0][0].item()} is out of range (expected >= 0)")
     return idx
 
 
@@ -120,22 +139,22 @@ class ClassInPass:
         self.target = target
         self.n = n
         self.space = check_score_space(space)
-        self.classes: Optional[torch.Tensor] = None
         self.found: dict[int, tuple[int, torch.Tensor]] = {}
-        if not (isinstance(target, str) and target == "predicted"):
-            # everything but the class range is checked before the pass
-            resolve_classes(target, torch.zeros(()).expand(n, 2 ** 31 - 1))  # a view: no memory
+        # explicit indices are checked before the pass, their upper bound on its first chunk
+        self.classes = None if isinstance(target, str) and target == "predicted" else explicit_classes(target, n)
+        self.range_checked = False
 
     def rows(self, outputs: torch.Tensor, image_index: torch.Tensor, captures=None) -> torch.Tensor:
         out = outputs.detach()
         if len(self.found) == self.n:  # the clean pass is over: later (e.g. noisy) rows keep its classes
             cls = torch.tensor([self.found[i][0] for i in image_index.tolist()], device=out.device)
             return apply_space(outputs, self.space).gather(1, cls[:, None])[:, 0]
-        if isinstance(self.target, str):
+        if self.classes is None:
             cls = out.argmax(dim=1)
         else:
-            if self.classes is None:
-                self.classes = resolve_classes(self.target, out.new_empty((self.n, out.shape[1])))
+            if not self.range_checked:
+                check_class_range(self.classes, out.shape[1])
+                self.range_checked = True
             cls = self.classes.to(out.device)[image_index.to(out.device)]
         for r, i in enumerate(image_index.tolist()):
             self.found[i] = (int(cls[r]), out[r].float().clone())

@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import engine, perf
 from ..methods.base import positive_int  # noqa: F401  (re-exported to the metric modules)
-from ..targets import resolve_classes
+from ..targets import check_class_range, explicit_classes, resolve_classes
 
 # Rows per forward pass for the metrics' inference-only passes: about 4 images of 3x224x224 on
 # CPU, 128 on CUDA. On CPU small chunks stay in cache: EfficientNet-Lite0 inference on 2 cores runs
@@ -111,24 +111,12 @@ def resolve_target(model: nn.Module, x: torch.Tensor, target: Any, batch_size: O
 
 def target_classes(model: nn.Module, x: torch.Tensor, target: Any, batch_size: Optional[int] = None
                    ) -> torch.Tensor:
-    """Classes per image without a forward when ``target`` already names them (the class range is
+    """Classes per image without a forward when ``target`` already names them (their upper bound is
     checked against the model's outputs when the first chunk is scored, see ``scored_rows``);
     ``"predicted"`` costs one forward of the clean batch. Call inside ``guarded``."""
     if isinstance(target, str) and target == "predicted":
         return resolve_target(model, x, target, batch_size)[0]
-    try:
-        return resolve_classes(target, torch.zeros((), device=x.device).expand(x.shape[0], 2 ** 31 - 1))
-    except ValueError as e:
-        if "out of range" in str(e):  # only a negative index fails against the unbounded width
-            raise ValueError("target: expected class indices >= 0, got a negative index") from None
-        raise
-
-
-def check_class_range(classes: torch.Tensor, k: int) -> None:
-    if classes.numel() and (int(classes.max()) >= k or int(classes.min()) < 0):
-        bad = classes[(classes >= k) | (classes < 0)][0].item()
-        raise ValueError(f"target: class index {bad} is out of range for a model with {k} outputs "
-                         f"(expected 0..{k - 1})")
+    return explicit_classes(target, x.shape[0], x.device)
 
 
 def select(out: torch.Tensor, classes: torch.Tensor, space: str) -> torch.Tensor:
