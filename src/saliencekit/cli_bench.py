@@ -172,21 +172,12 @@ def frozen_floor(model, *a, **k) -> Callable[[], None]:
     return fn
 
 
-@contextlib.contextmanager
 def channels_last_weights(model: nn.Module, on: bool = True):
     """The model's 4-D weights in channels_last for the block (a user's ``model.to(memory_format=
-    torch.channels_last)``), put back afterwards."""
+    torch.channels_last)``), put back afterwards: ``perf.call_scope``'s weight swap."""
     from . import perf
 
-    if not on:
-        yield
-        return
-    st = perf.CallState(model, perf.Settings(channels_last=True))
-    perf._to_channels_last(st)
-    try:
-        yield
-    finally:
-        perf._restore_layout(st)
+    return perf.call_scope(model, perf.Settings(channels_last=True)) if on else contextlib.nullcontext()
 
 
 def sk_case(model, x, target, name: str, n: int, **speed) -> Callable[[], object]:

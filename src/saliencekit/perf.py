@@ -161,8 +161,8 @@ class CallState:
     model: nn.Module
     settings: Settings
     swapped: list = field(default_factory=list)   # (parameter, original data) while channels_last
-    layout_decided: bool = False                  # "auto": set once calibration chose the layout
-    requested: Any = None                         # the layout asked for (True | False | "auto")
+    requested: Any = None                         # the layout asked for (True | False | "auto"); the
+    # settings' channels_last stays "auto" until calibration (or its cache) decides the layout
 
     def __post_init__(self):
         if self.requested is None:
@@ -405,13 +405,12 @@ def auto_rows(x: torch.Tensor, total_rows: int) -> int:
     if st is None:
         return AutoBatch(safe_rows(x, total_rows))
     model, s = st.model, st.settings
-    auto_layout = st.requested == "auto"
+    undecided = s.channels_last == "auto"
     key = cache_key(x, replace(s, channels_last=st.requested))
     cached = cached_chunk(model, key)
     if cached is not None:
-        if auto_layout and not st.layout_decided:
+        if undecided:
             _set_layout(st, _LAYOUT.get(model, {}).get(key, False))
-            st.layout_decided = True
         return _auto(min(cached, total_rows), model, key)
     if x.device.type == "cuda":
         rows = _cuda_rows(model, x, st)
@@ -423,10 +422,8 @@ def auto_rows(x: torch.Tensor, total_rows: int) -> int:
     if len(cands) < MIN_CANDIDATES:
         return _auto(safe_rows(x, total_rows), model, key)
     rows, per_row = calibrate_cpu(model, x, cands, st)
-    if auto_layout and not st.layout_decided:
-        layout = choose_layout(model, x, rows, per_row[rows], st)
-        _LAYOUT.setdefault(model, {})[key] = layout
-        st.layout_decided = True
+    if undecided:
+        _LAYOUT.setdefault(model, {})[key] = choose_layout(model, x, rows, per_row[rows], st)
     store_chunk(model, key, rows)
     return _auto(min(rows, total_rows), model, key)
 
