@@ -47,136 +47,149 @@ def _heat(a: torch.Tensor) -> torch.Tensor:
 
 # ---- chunk size ------------------------------------------------------------------------------
 
-def test_calibration_with_scripted_costs_picks_fastest_and_stops_early():
-    """A virtual clock advances by a scripted cost per forward: the cheapest size per row wins."""
+class Clocked(nn.Module):
+    """A conv net on a virtual clock: each forward that builds a graph advances the clock by a
+    scripted cost per row for its (layout, rows), and records (rows, channels_last)."""
+
+    def __init__(self, contiguous_cost, cl_cost, clock):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+        self.costs = {False: contiguous_cost, True: cl_cost}
+        self.clock = clock
+        self.seen: list[tuple[int, bool]] = []
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            cl = x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            cost = self.costs[cl]
+            self.clock[0] += (cost(x.shape[0]) if callable(cost) else cost) * x.shape[0]
+            self.seen.append((x.shape[0], cl))
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """Start size 4 for 3x16x16 images; the calibrator reads the virtual clock."""
     clock = [0.0]
-    cost_per_row = {1: 1.0, 2: 0.6, 4: 0.5, 8: 0.9, 16: 0.2}  # 16 is never reached: 8 is > 1.25x best
-
-    class Clocked(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-            self.lin = nn.Linear(12, 3)
-
-        def forward(self, x):
-            self.seen.append(x.shape[0])
-            clock[0] += cost_per_row[x.shape[0]] * x.shape[0]
-            return self.lin(x.flatten(1))
-
-    m = Clocked()
-    st = perf.CallState(m, perf.Settings())
-    best, per_row = perf.calibrate_cpu(m, torch.randn(1, 3, 2, 2), (1, 2, 4, 8, 16), st, timer=lambda: clock[0])
-    assert best == 4
-    assert per_row == pytest.approx({1: 1.0, 2: 0.6, 4: 0.5, 8: 0.9})
-    assert 16 not in m.seen and m.seen == [1, 1, 2, 2, 4, 4, 8, 8]  # one warm-up + one timed run each
+    monkeypatch.setattr(perf, "_CPU_ELEMENTS_PER_CHUNK", 4 * 3 * 16 * 16)
+    monkeypatch.setattr(perf.Calibrator, "timer", staticmethod(lambda: clock[0]))
+    return clock
 
 
-def test_candidates_fit_in_a_fifth_of_the_rows():
-    x = torch.zeros(1, 3, 8, 8)
-    assert perf.cpu_candidates(x, 50) == (1, 2)           # too few: the safe rule is used
-    assert perf.cpu_candidates(x, 100) == (1, 2, 4)
-    assert perf.cpu_candidates(x, 1000) == (1, 2, 4, 8, 16, 32)
-    for total in (70, 100, 400, 5000):
-        c = perf.cpu_candidates(x, total)
-        assert 2 * sum(c) <= total // perf.CALIBRATION_SHARE
+def test_online_calibration_with_scripted_costs(scripted):
+    """Layouts at the start size, then doubling while faster, then the close sizes again, warm;
+    every probe chunk is real work: the rows sum to exactly the call's rows."""
+    cl_cost = {1: 0.9, 2: 0.7, 4: 0.5, 8: 0.3, 16: 0.45, 32: 0.2}   # 32 is never reached: 16 is slower
+    m = Clocked(1.0, cl_cost.__getitem__, scripted)
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    before = model_state(m)
+    e1 = sk.explain(m, x, "smoothgrad", n_samples=100, seed=1, target=0)
+    assert [r for r, _ in m.seen] == [4, 4, 4, 4, 8, 8, 16, 16, 8, 8, 8, 8, 4]
+    #         contiguous, CL | 8 faster | 16 slower: stop | 8 again (16 again would leave too few rows)
+    assert [c for _, c in m.seen] == [False, False] + [True] * 11
+    key = perf.cache_key(x, perf.get_defaults())
+    assert perf.cached_chunk(m, key) == 8 and perf._LAYOUT[m][key] is True
+    assert_same_state(before, model_state(m))
+    m.seen.clear()
+    e2 = sk.explain(m, x, "smoothgrad", n_samples=100, seed=1, target=0)   # from the cache
+    assert m.seen == [(8, True)] * 12 + [(4, True)]
+    e3 = sk.explain(m, x, "smoothgrad", n_samples=100, seed=1, target=0)
+    assert torch.equal(e2.attributions, e3.attributions)                     # same chunking: same bits
+    ref = sk.explain(m, x, "smoothgrad", n_samples=100, seed=1, target=0, batch_size=3, channels_last=False)
+    torch.testing.assert_close(e1.attributions, ref.attributions, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(e2.attributions, ref.attributions, rtol=1e-4, atol=1e-6)
 
 
-def test_calibration_runs_once_picks_a_candidate_and_is_cached(tiny_cnn, monkeypatch):
-    calls = []
-    real = perf.calibrate_cpu
+def test_online_calibration_halves_when_doubling_is_slower(scripted):
+    m = Clocked(1.0, {1: 0.35, 2: 0.3, 4: 0.5, 8: 0.6}.__getitem__, scripted)
+    x = torch.randn(1, 3, 16, 16)
+    sk.explain(m, x, "smoothgrad", n_samples=100, target=0)
+    # 8 is slower than 4: try 2 (faster), then 1 (slower); then 1 and 2 (within 1.5x of 2) again
+    assert [r for r, _ in m.seen][:12] == [4, 4, 4, 4, 8, 8, 2, 2, 1, 1, 1, 2]
+    assert perf.cached_chunk(m, perf.cache_key(x, perf.get_defaults())) == 2
 
-    def counting(*a, **k):
-        out = real(*a, **k)
-        calls.append(out[0])
-        return out
 
-    monkeypatch.setattr(perf, "calibrate_cpu", counting)
+def test_a_cold_first_probe_is_corrected_by_the_warm_retiming(scripted):
+    """The start size looks slow while the process is cold; timed again, warm, it wins."""
+    calls = {4: 0}
+
+    def cl_cost(rows):
+        if rows == 4:
+            calls[4] += 1
+            return 1.0 if calls[4] <= 2 else 0.5   # the first CL chunks of 4 are cold
+        return {2: 0.8, 1: 1.5, 8: 3.0}[rows]
+
+    m = Clocked(3.0, cl_cost, scripted)
+    x = torch.randn(1, 3, 16, 16)
+    sk.explain(m, x, "smoothgrad", n_samples=100, target=0)
+    assert perf.cached_chunk(m, perf.cache_key(x, perf.get_defaults())) == 4
+
+
+@pytest.mark.parametrize("cl_cost,expected", [(0.5, True), (0.97, False), (2.0, False)])
+def test_auto_layout_keeps_channels_last_only_when_clearly_faster(scripted, cl_cost, expected):
+    m = Clocked(1.0, cl_cost, scripted)
+    ptrs = [p.data_ptr() for p in m.parameters()]
+    x = torch.randn(1, 3, 16, 16)
+    sk.explain(m, x, "smoothgrad", n_samples=100, target=0)
+    key = perf.cache_key(x, perf.get_defaults())
+    assert perf._LAYOUT[m][key] is expected
+    assert all(cl is expected for _, cl in m.seen[4:])     # after the two layout probes
+    assert [p.data_ptr() for p in m.parameters()] == ptrs and m.conv.weight.is_contiguous()
+    m.seen.clear()
+    sk.explain(m, x, "smoothgrad", n_samples=100, target=0, channels_last=False)  # another key
+    assert not any(cl for _, cl in m.seen)
+
+
+def test_fixed_layout_calibrates_only_the_size(scripted):
+    m = Clocked(1.0, 0.5, scripted)
+    x = torch.randn(1, 3, 16, 16)
+    sk.explain(m, x, "smoothgrad", n_samples=100, target=0, channels_last=False)
+    assert not any(cl for _, cl in m.seen) and m.seen[:2] == [(4, False), (4, False)]
+    m.seen.clear()
+    sk.explain(m, x, "smoothgrad", n_samples=100, target=0, channels_last=True)
+    assert all(cl for _, cl in m.seen)
+    assert len(perf._LAYOUT.get(m, {})) == 0   # nothing to decide: no layout cached
+
+
+def test_calibration_with_real_timing_is_consistent_and_cached(tiny_cnn):
+    """Real clock: the calibration runs once, its sizes cover the call's rows exactly, and the
+    cached choice is what later calls use."""
     m = Recorder(tiny_cnn)
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    e1 = sk.explain(m, x, "smoothgrad", n_samples=100, seed=1)
-    assert len(calls) == 1
+    start = perf.calibration_start(x, 10 ** 6)
+    n = perf.MIN_CALIBRATION_CHUNKS * start
+    e1 = sk.explain(m, x, "smoothgrad", n_samples=n, seed=1)
+    assert sum(m.sizes) == n and m.sizes[:2] == [start, start]
     key = perf.cache_key(x, perf.get_defaults())
     chosen = perf.cached_chunk(m, key)
-    assert chosen == calls[0] and chosen in perf.cpu_candidates(x, 100)
-    # the explanation itself ran in chunks of the chosen size (after the calibration probes)
-    probe_rows = sum(2 * c for c in perf.cpu_candidates(x, 100) if c <= max(perf.cpu_candidates(x, 100)))
-    work = m.sizes[len(m.sizes) - (100 + chosen - 1) // chosen:]
-    assert sum(work) == 100 and set(work[:-1]) <= {chosen}
-    assert sum(m.sizes) - 100 <= probe_rows + 2 * chosen  # + the channels_last timing ("auto")
+    assert chosen in set(m.sizes[:-1])
     m.sizes.clear()
-    e2 = sk.explain(m, x, "smoothgrad", n_samples=100, seed=1)
-    assert len(calls) == 1                                 # cached: no second calibration
-    assert sum(m.sizes) == 100 and set(m.sizes[:-1]) == {chosen}
-    assert torch.equal(e1.attributions, e2.attributions)  # same chunking -> same bits
-    ref = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=100, seed=1, batch_size=3).attributions
-    torch.testing.assert_close(e1.attributions, ref, rtol=1e-5, atol=1e-7)
-
-
-def _fake_timer(per_call_seconds):
-    t = [0.0]
-
-    def timer():
-        t[0] += per_call_seconds
-        return t[0]
-    return timer
-
-
-@pytest.mark.parametrize("cl_seconds,expected", [(0.5, True), (1.0, False)])
-def test_auto_layout_keeps_channels_last_only_when_faster(tiny_cnn, cl_seconds, expected):
-    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    ptrs = [p.data_ptr() for p in tiny_cnn.parameters()]
-    st = perf.CallState(tiny_cnn, perf.Settings(channels_last="auto"))
-    # contiguous: 1 s per row; channels_last: cl_seconds per timed probe of 1 row
-    kept = perf.choose_layout(tiny_cnn, x, 1, 1.0, st, timer=_fake_timer(cl_seconds))
-    assert kept is expected and st.channels_last is expected
-    w = tiny_cnn.features[0].weight
-    assert w.is_contiguous(memory_format=torch.channels_last) is expected
-    perf._restore_layout(st)
-    assert [p.data_ptr() for p in tiny_cnn.parameters()] == ptrs and w.is_contiguous()
-
-
-def test_auto_layout_is_decided_once_cached_and_restored(tiny_cnn, monkeypatch):
-    decided = []
-    real = perf.choose_layout
-
-    def faster_cl(model, x, rows, per_row, st, timer=None):
-        decided.append(real(model, x, rows, per_row, st, timer=_fake_timer(0.0)))  # CL "takes no time"
-        return decided[-1]
-
-    monkeypatch.setattr(perf, "choose_layout", faster_cl)
-    before = model_state(tiny_cnn)
-    ptrs = [p.data_ptr() for p in tiny_cnn.parameters()]
-    seen = []
-    h = tiny_cnn.features[0].register_forward_pre_hook(
-        lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last) and a[0].shape[0] > 0))
-    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    try:
-        e1 = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=100, seed=1, channels_last="auto")
-        n1 = len(seen)
-        e2 = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=100, seed=1)  # "auto" is the default
-    finally:
-        h.remove()
-    assert decided == [True]                     # timed once, then taken from the cache
-    # the work after the decision ran in channels_last (each call's first forward is the clean one)
-    assert all(seen[n1 - 2:n1]) and not seen[n1] and all(seen[n1 + 1:])
-    assert torch.equal(e1.attributions, e2.attributions)
-    ref = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=100, seed=1, channels_last=False, batch_size=4)
+    e2 = sk.explain(m, x, "smoothgrad", n_samples=n, seed=1)
+    assert sum(m.sizes) == n and set(m.sizes[:-1]) == {chosen}
+    ref = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=n, seed=1, batch_size=3, channels_last=False)
     torch.testing.assert_close(e1.attributions, ref.attributions, rtol=1e-4, atol=1e-6)
-    assert_same_state(before, model_state(tiny_cnn))
-    assert [p.data_ptr() for p in tiny_cnn.parameters()] == ptrs
-    with pytest.raises(TypeError, match="channels_last"):
-        sk.explain(tiny_cnn, x, "gradient", channels_last="fast")
+    torch.testing.assert_close(e2.attributions, ref.attributions, rtol=1e-4, atol=1e-6)
+
+
+def test_calibration_start_and_threshold():
+    x224 = torch.zeros(1, 3, 224, 224)
+    assert perf.calibration_start(x224, 31) is None
+    assert perf.calibration_start(x224, 32) == 4          # the fixed rule's 4 images, 8 chunks of them
+    assert perf.calibration_start(torch.zeros(1, 3, 448, 448), 8) == 1
+    assert perf.calibration_start(torch.zeros(1, 3, 16, 16), 511) is None   # 64-row chunks: 512 rows
+    assert perf.calibration_start(torch.zeros(1, 3, 16, 16), 512) == 64
 
 
 def test_small_calls_do_not_calibrate(tiny_cnn, monkeypatch):
-    monkeypatch.setattr(perf, "calibrate_cpu", lambda *a, **k: pytest.fail("calibrated a small call"))
+    monkeypatch.setattr(perf, "Calibrator", lambda *a, **k: pytest.fail("calibrated a small call"))
     sk.explain(tiny_cnn, torch.randn(2, 3, 16, 16), "smoothgrad", n_samples=10)
     perf.set_defaults(calibrate=False)
-    sk.explain(tiny_cnn, torch.randn(1, 3, 16, 16), "smoothgrad", n_samples=200)
+    sk.explain(tiny_cnn, torch.randn(1, 3, 16, 16), "smoothgrad", n_samples=1000)
 
 
 def test_batch_size_override_is_respected(tiny_cnn, monkeypatch):
-    monkeypatch.setattr(perf, "calibrate_cpu", lambda *a, **k: pytest.fail("calibrated despite batch_size"))
+    monkeypatch.setattr(perf, "Calibrator", lambda *a, **k: pytest.fail("calibrated despite batch_size"))
     m = Recorder(tiny_cnn)
     x = torch.randn(2, 3, 16, 16)
     sk.explain(m, x, "smoothgrad", n_samples=50, batch_size=7)

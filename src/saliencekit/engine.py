@@ -118,11 +118,19 @@ def run(model: nn.Module, plan: Plan, score, on_sample: Callable, *, batch_size:
     if st is not None and st.model is not model:
         st = None
     fwd = perf.forward_module(model, st, layers=modules)
+    calib = getattr(batch_size, "calibrator", None)  # online CPU calibration (perf.Calibrator)
+    if calib is not None and (st is None or calib.st is not st):
+        calib = None
 
     with torch.enable_grad():
         start = 0
         while start < total:
-            stop = min(total, start + batch_size)
+            if calib is not None:
+                rows = calib.next(total - start)
+                t0 = calib.timer()
+            else:
+                rows = batch_size
+            stop = min(total, start + rows)
             flat = torch.arange(start, stop)
             img = flat // per_image
             rem = flat % per_image
@@ -137,6 +145,10 @@ def run(model: nn.Module, plan: Plan, score, on_sample: Callable, *, batch_size:
                 grad = _chunk_grad(fwd, pts, img, score, site, modules, st, pad_to)
             except Exception as err:
                 if perf.is_oom(err):
+                    if calib is not None:  # stop calibrating; back off from the size that failed
+                        calib.finish()
+                        batch_size = perf.with_size(batch_size, rows)
+                        calib = None
                     smaller = perf.back_off(batch_size)
                     if smaller is None:
                         raise
@@ -153,15 +165,19 @@ def run(model: nn.Module, plan: Plan, score, on_sample: Callable, *, batch_size:
                 w = weights[s]
                 g = grad[r] if w == 1.0 else grad[r] * w
                 if s == 0:
-                    partial = g.clone()
+                    partial = g if S == 1 else g.clone()  # a fresh tensor per chunk: no copy needed
                 else:
                     partial.add_(g)
                 if s == S - 1:
                     on_sample(int(img[r]), int(smp[r]), partial, pts[r].detach())
                     partial = None
+            if calib is not None:
+                calib.report(calib.timer() - t0)
             if progress is not None:
                 progress(stop - start)
             start = stop
+    if calib is not None:
+        calib.finish()
 
 
 def _chunk_grad(fwd, pts, img, score, site, modules, st, pad_to: int = 0, scale: Optional[float] = None):

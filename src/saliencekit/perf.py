@@ -3,26 +3,30 @@
 Every gradient method costs forward+backward passes, evaluated by the engine in chunks of rows.
 
 * **Chunk size** (``batch_size=None``, the default): on CPU small chunks are usually fastest, but
-  the best size depends on the model and the machine, so a short calibration times a few
-  candidate sizes (1, 2, 4, ...) with a real forward+backward of the model and keeps the fastest.
-  It runs only when the call has enough rows to amortise it (its rows are at most a fifth of the
-  call's), and the result is cached for the process per (model, per-row input shape, dtype,
-  device, precision, channels_last). Smaller calls use a fixed safe rule. On CUDA the size comes
-  from the free memory and the measured memory of one row; an out-of-memory error halves the
-  chunk and retries the same rows (the halved size is cached). ``batch_size=`` overrides all of it.
+  the best size depends on the model, the machine and even the memory allocator's state, so the
+  call calibrates *online*: its own first chunks are the timing probes (one warm-up and one timed
+  chunk per size, real work of the call, so nothing is computed twice). It starts from the fixed
+  rule's size (about four 224x224 images), tries the layouts (below), then doubles (or halves)
+  while that is faster per row, and times the closest sizes once more, warm, before keeping the
+  fastest (:class:`Calibrator`). It runs when the call has at least 8 chunks of the start size;
+  the choice is cached for the process per (model, per-row input shape, dtype, device, precision,
+  channels_last). Smaller calls use the fixed rule. On CUDA the size comes from the free memory
+  and the measured memory of one row; an out-of-memory error halves the chunk and retries the
+  same rows (the halved size is cached). ``batch_size=`` overrides all of it.
   Rows are folded in a fixed order, so the chunk size never changes which samples are drawn or
   the order of the sums; kernels (oneDNN convolutions, cuDNN) may round differently for different
-  batch sizes, which is why a fixed ``batch_size`` is the way to get bit-exact maps across runs.
+  batch sizes (and layouts), so a call that calibrates agrees with later calls to float rounding,
+  and a fixed ``batch_size`` is the way to get bit-exact maps across runs.
 * **Precision**: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the forward runs under
   ``torch.autocast`` (the backward follows the dtypes autocast chose), scores and every
   reduction are float32; fp16 uses a static loss scale (256, retried unscaled on overflow).
 * **channels_last**: points are fed in channels_last memory format and 4-D weights are viewed in
   channels_last for the call only (the model's own tensors are put back untouched afterwards).
-  ``"auto"`` (the default): when a CPU call is calibrated, the fastest chunk is also timed in
-  channels_last and the faster layout is kept (cached with the chunk size). On EfficientNet-Lite0
-  with 2 cores channels_last is about 2x faster (depthwise convolutions); other calls (CUDA,
-  uncalibrated, a fixed ``batch_size``) run in the contiguous layout. The layouts differ only in
-  float rounding.
+  ``"auto"`` (the default): a calibrated CPU call times its start size in both layouts and
+  keeps channels_last when it is at least 5 % faster per row (cached with the chunk size). On
+  EfficientNet-Lite0 with 2 cores channels_last is 1.3-2.5x faster (depthwise convolutions);
+  other calls (CUDA, uncalibrated, a fixed ``batch_size``) run in the contiguous layout. The
+  layouts differ only in float rounding.
 * **compile**: the forward is ``torch.compile``-d once per model and setting (cached); layer
   capture still works (hooks are traced). Chunks are padded to a fixed size so no shape change
   triggers a recompilation. If the compiler is unavailable the call falls back to eager mode
@@ -49,10 +53,11 @@ PRECISIONS: Dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bflo
 _ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
 
 FP16_LOSS_SCALE = 256.0
-CPU_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
-CALIBRATION_SHARE = 5          # calibration rows <= total rows / CALIBRATION_SHARE
-MIN_CANDIDATES = 3             # calibrate only if at least 1, 2, 4 fit in that share
-STOP_FACTOR = 1.25             # stop growing once a size is this much slower per row than the best
+PROBE_ROOM = 4                 # a size s is probed only while >= PROBE_ROOM * s rows of the call remain
+MIN_CALIBRATION_CHUNKS = 8     # a call is calibrated only if it has >= 8 chunks of the start size
+CPU_MAX_PROBE_ROWS = 256       # the largest chunk the calibration tries
+LAYOUT_MARGIN = 0.95           # channels_last must be at least 5% faster per row to be chosen
+CONFIRM_FACTOR = 1.5           # sizes within this factor of the best per-row time are timed again
 CUDA_MEMORY_FRACTION = 0.8     # share of free memory a chunk may use
 CUDA_MAX_ROWS = 1024
 # Rows per chunk on CPU when not calibrating: 4 images of 3x224x224. Measured on 2 cores (forward+
@@ -277,10 +282,12 @@ def compiling(model: nn.Module, st: Optional[CallState]) -> bool:
 # ---- chunk size -------------------------------------------------------------------------------
 
 class AutoBatch(int):
-    """A chunk size chosen automatically: the engine may halve it on out-of-memory."""
+    """A chunk size chosen automatically: the engine may halve it on out-of-memory; with a
+    ``calibrator`` the engine lets it size the chunks (the int is then the first size)."""
 
     key: Optional[tuple] = None
     model_ref = None
+    calibrator: Optional["Calibrator"] = None
 
 
 _CHUNKS: "weakref.WeakKeyDictionary[nn.Module, Dict[tuple, int]]" = weakref.WeakKeyDictionary()
@@ -318,18 +325,6 @@ def safe_rows(x: torch.Tensor, total_rows: int) -> int:
     return max(1, min(rows, total_rows))
 
 
-def cpu_candidates(x: torch.Tensor, total_rows: int) -> Tuple[int, ...]:
-    """Candidate chunk sizes whose calibration fits in a fifth of the call's rows (warm-up + timed run each)."""
-    budget = total_rows // CALIBRATION_SHARE
-    out, used = [], 0
-    for c in CPU_CANDIDATES:
-        if c > total_rows or used + 2 * c > budget:
-            break
-        out.append(c)
-        used += 2 * c
-    return tuple(out)
-
-
 def cuda_rows_from_memory(free_bytes: int, per_row_bytes: int, total_rows: int,
                           fraction: float = CUDA_MEMORY_FRACTION, cap: int = CUDA_MAX_ROWS) -> int:
     """Largest power of two of rows whose activations fit in ``fraction`` of the free memory."""
@@ -358,27 +353,6 @@ def _probe(model: nn.Module, x: torch.Tensor, rows: int, st: CallState) -> None:
         torch.autograd.grad(out.float().sum(), pts)
 
 
-def calibrate_cpu(model: nn.Module, x: torch.Tensor, candidates, st: CallState,
-                  timer=time.perf_counter) -> Tuple[int, Dict[int, float]]:
-    """Time each candidate (one warm-up, one timed run); stop once sizes get clearly slower.
-
-    Returns (fastest size, {size: seconds per row}).
-    """
-    per_row: Dict[int, float] = {}
-    best, best_t = candidates[0], float("inf")
-    for c in candidates:
-        _probe(model, x, c, st)
-        t0 = timer()
-        _probe(model, x, c, st)
-        t = (timer() - t0) / c
-        per_row[c] = t
-        if t < best_t:
-            best, best_t = c, t
-        elif t > STOP_FACTOR * best_t:
-            break
-    return best, per_row
-
-
 def _cuda_rows(model: nn.Module, x: torch.Tensor, st: CallState) -> int:
     """Rows per chunk from the free memory and the measured peak of a one-row forward+backward
     (an over-estimate per row: it includes fixed workspaces), not capped by any call's size."""
@@ -399,7 +373,11 @@ def _cuda_rows(model: nn.Module, x: torch.Tensor, st: CallState) -> int:
 
 
 def auto_rows(x: torch.Tensor, total_rows: int) -> int:
-    """Chunk size for ``total_rows`` rows shaped like ``x[0]`` in the active call (see module doc)."""
+    """Chunk size for ``total_rows`` rows shaped like ``x[0]`` in the active call (see module doc).
+
+    An uncached CPU call with enough rows gets an ``AutoBatch`` carrying a :class:`Calibrator`:
+    ``engine.run`` then lets it choose each chunk's size and layout until it has decided.
+    """
     total_rows = max(1, int(total_rows))
     st = active()
     if st is None:
@@ -418,41 +396,167 @@ def auto_rows(x: torch.Tensor, total_rows: int) -> int:
         return _auto(min(rows, total_rows), model, key)
     if s.compile:  # timing candidate sizes would compile each of them
         return _auto(safe_rows(x, total_rows), model, key)
-    cands = cpu_candidates(x, total_rows) if s.calibrate and x.device.type == "cpu" else ()
-    if len(cands) < MIN_CANDIDATES:
+    start = calibration_start(x, total_rows) if s.calibrate and x.device.type == "cpu" else None
+    if start is None:
         return _auto(safe_rows(x, total_rows), model, key)
-    rows, per_row = calibrate_cpu(model, x, cands, st)
-    if undecided:
-        _LAYOUT.setdefault(model, {})[key] = choose_layout(model, x, rows, per_row[rows], st)
-    store_chunk(model, key, rows)
-    return _auto(min(rows, total_rows), model, key)
+    layouts = (False, True) if undecided and _layout_matters(model, x) else None
+    a = _auto(start, model, key)
+    a.calibrator = Calibrator(model, key, st, start, layouts)
+    return a
 
 
-LAYOUT_MARGIN = 0.95  # channels_last must be at least 5% faster per row to be chosen
+def _pow2_floor(n: int) -> int:
+    p = 1
+    while p * 2 <= n:
+        p *= 2
+    return p
 
 
-def choose_layout(model: nn.Module, x: torch.Tensor, rows: int, contiguous_per_row: float, st: CallState,
-                  timer=time.perf_counter) -> bool:
-    """``channels_last="auto"``: time the calibrated chunk in channels_last (one warm-up, one
-    timed run) and keep that layout for the call when it is faster; returns the choice."""
-    if not any(p.dim() == 4 for p in model.parameters()) or x.dim() != 4:
-        _set_layout(st, False)
-        return False
-    _set_layout(st, True)
-    _probe(model, x, rows, st)
-    t0 = timer()
-    _probe(model, x, rows, st)
-    cl_per_row = (timer() - t0) / rows
-    keep = cl_per_row < LAYOUT_MARGIN * contiguous_per_row
-    if not keep:
-        _set_layout(st, False)
-    return keep
+def calibration_start(x: torch.Tensor, total_rows: int) -> Optional[int]:
+    """The first size the calibration times: the fixed rule's size rounded down to a power of two;
+    ``None`` when the call has fewer than ``MIN_CALIBRATION_CHUNKS`` chunks of it (too small to
+    decide anything that later, larger calls should inherit)."""
+    start = _pow2_floor(safe_rows(x, 1 << 30))
+    return start if total_rows >= MIN_CALIBRATION_CHUNKS * start else None
+
+
+def _layout_matters(model: nn.Module, x: torch.Tensor) -> bool:
+    return x.dim() == 4 and any(p.dim() == 4 for p in model.parameters())
+
+
+class Calibrator:
+    """Online CPU calibration: the call's own chunks are the probes, so nothing is computed twice.
+
+    ``engine.run`` asks :meth:`next` for each chunk's size (the calibrator also sets the layout)
+    and reports each chunk's wall time with :meth:`report`. A *probe* of size ``s`` is one
+    warm-up chunk and one timed chunk of ``s`` rows (real work of the call); it runs only while
+    at least ``PROBE_ROOM * s`` rows remain. The probes:
+
+    1. with ``layouts=(False, True)`` (``channels_last="auto"``, 4-D input, 4-D weights): the
+       start size in the contiguous layout, then in channels_last; channels_last is kept when it
+       is at least 5 % faster per row;
+    2. in the kept layout: twice the start size, four times, ... while each is faster per row
+       than the best so far; if twice the start is not faster, half of it, a quarter, ...
+
+    Then the fastest size (and layout) is cached for the model and key; the rest of the call and
+    later calls run with it. If the call ends first, what was measured so far is cached.
+    """
+
+    timer = staticmethod(time.perf_counter)  # the engine times chunks with this (tests script it)
+
+    def __init__(self, model: nn.Module, key: tuple, st: CallState, start: int, layouts=None):
+        self.model_ref = weakref.ref(model)
+        self.key, self.st, self.start = key, st, int(start)
+        self.layouts = tuple(layouts) if layouts else None
+        self.per_row: Dict[Tuple[bool, int], float] = {}   # (channels_last, size) -> seconds per row
+        self.rows, self.layout = int(start), st.channels_last
+        self.finished = False
+        self._left = 0
+        self._time: Optional[float] = None
+        self._gen = self._steps()
+        self._begun = False
+
+    # -- the engine's side --
+    def next(self, rows_left: int) -> int:
+        """Size of the next chunk (at most ``rows_left``); switches the call's layout as needed."""
+        if self.finished:
+            return min(self.rows, rows_left)
+        self._left = rows_left
+        try:
+            if self._begun:
+                size, layout = self._gen.send(self._time)
+            else:
+                self._begun = True
+                size, layout = next(self._gen)
+        except StopIteration:
+            self.finish()
+            return min(self.rows, rows_left)
+        self._time = None
+        _set_layout(self.st, layout)
+        return min(size, rows_left)
+
+    def report(self, seconds: float) -> None:
+        """Wall time of the chunk :meth:`next` just sized."""
+        self._time = float(seconds)
+
+    def finish(self) -> None:
+        """Cache the decision (also when the call ended before the probes did)."""
+        if self.finished:
+            return
+        self.finished = True
+        self._gen.close()
+        _set_layout(self.st, self.layout)
+        model = self.model_ref()
+        if model is not None:
+            store_chunk(model, self.key, self.rows)
+            if self.layouts is not None:
+                _LAYOUT.setdefault(model, {})[self.key] = bool(self.layout)
+
+    # -- the plan --
+    def _probe(self, layout: bool, size: int, warm_up: bool = True):
+        """(Warm-up +) timed chunk; returns the best seconds per row seen for (layout, size), or
+        ``None`` when fewer than ``PROBE_ROOM * size`` rows are left."""
+        if self._left < PROBE_ROOM * size:
+            return None
+        if warm_up:
+            yield size, layout             # a new shape or layout: allocations, kernel choice
+        t = yield size, layout
+        if t is None:
+            return None
+        key = (layout, size)
+        self.per_row[key] = min(self.per_row.get(key, float("inf")), t / size)
+        return self.per_row[key]
+
+    def _steps(self):
+        s0 = self.start
+        layout = self.st.channels_last
+        if self.layouts is not None:
+            t = {}
+            for cand in self.layouts:
+                t[cand] = yield from self._probe(cand, s0)
+                if t[cand] is None:
+                    return  # too few rows: keep the contiguous layout and the start size
+            layout = t[True] < LAYOUT_MARGIN * t[False]
+            best_t = t[layout]
+        else:
+            best_t = yield from self._probe(layout, s0)
+            if best_t is None:
+                return
+        self.rows, self.layout = s0, layout
+        for grow in (True, False):
+            size, improved = (s0 * 2 if grow else s0 // 2), False
+            while 1 <= size <= CPU_MAX_PROBE_ROWS:
+                t = yield from self._probe(layout, size)
+                if t is None or t >= best_t:
+                    break
+                self.rows, best_t, improved = size, t, True
+                size = size * 2 if grow else size // 2
+            if improved:
+                break
+        # the first chunks of a process run colder (fresh memory) than later ones: time every
+        # size within CONFIRM_FACTOR of the best once more, now warm, and keep each one's best
+        close = sorted(sz for (lay, sz), v in self.per_row.items()
+                       if lay == layout and v <= CONFIRM_FACTOR * best_t)
+        if len(close) > 1:
+            for size in close:
+                if (yield from self._probe(layout, size, warm_up=False)) is None:
+                    break
+            self.rows = min(close, key=lambda sz: self.per_row[(layout, sz)])
 
 
 def _auto(rows: int, model: nn.Module, key: tuple) -> AutoBatch:
     a = AutoBatch(rows)
     a.key = key
     a.model_ref = weakref.ref(model)
+    return a
+
+
+def with_size(batch: int, rows: int) -> int:
+    """``rows`` as an automatic size with ``batch``'s cache key (for backing off from it)."""
+    if not isinstance(batch, AutoBatch):
+        return batch
+    a = AutoBatch(rows)
+    a.key, a.model_ref = batch.key, batch.model_ref
     return a
 
 
@@ -481,4 +585,4 @@ def is_oom(err: BaseException) -> bool:
 
 
 __all__ = ["Settings", "set_defaults", "get_defaults", "resolve", "call_scope", "active", "auto_rows",
-           "calibrate_cpu", "cuda_rows_from_memory", "back_off", "clear_cache", "AutoBatch", "PRECISIONS"]
+           "Calibrator", "calibration_start", "cuda_rows_from_memory", "back_off", "clear_cache", "AutoBatch", "PRECISIONS"]
