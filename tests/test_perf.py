@@ -339,3 +339,56 @@ def test_real_model_bf16_rank_correlation(real_model, sample_dir):
     low = sk.explain(real_model, x, "gradient", precision="bf16").attributions
     rho = spearmanr(_heat(ref[0]).numpy(), _heat(low[0]).numpy())[0]
     assert rho > 0.9
+
+
+# ---- memory allocator ------------------------------------------------------------------------
+
+class FakeLibc:
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, param, value):
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+    def malloc_trim(self, pad):
+        self.calls.append(("malloc_trim", pad))
+        return 1
+
+
+def test_retain_memory_during_a_cpu_call_and_release_after(tiny_cnn, monkeypatch):
+    fake = FakeLibc()
+    monkeypatch.setattr(perf, "_libc", fake)
+    seen_depth = []
+    h = tiny_cnn.register_forward_pre_hook(lambda m, a: seen_depth.append(perf._retain_depth))
+    try:
+        sk.explain(tiny_cnn, torch.randn(1, 3, 16, 16), "smoothgrad", n_samples=4)
+    finally:
+        h.remove()
+    assert seen_depth and set(seen_depth) == {1}        # every forward ran inside the block
+    assert fake.calls == [("mallopt", -3, 32 << 20), ("mallopt", -1, (1 << 31) - 1),   # no mmap <= 32 MiB, no trim
+                          ("mallopt", -1, 64 << 20), ("malloc_trim", 0)]            # glibc's steady value, release
+    assert perf._retain_depth == 0
+    fake.calls.clear()
+    with perf.retained_memory():                        # nested blocks (e.g. a metric inside a call) share one
+        with perf.retained_memory():
+            pass
+        assert len(fake.calls) == 2
+    assert len(fake.calls) == 4
+    from saliencekit import metrics
+    fake.calls.clear()
+    metrics.deletion(tiny_cnn, torch.randn(1, 3, 16, 16), torch.rand(1, 16, 16), step=64)
+    assert len(fake.calls) == 4                         # the metrics follow the default too
+    fake.calls.clear()
+    perf.set_defaults(retain_memory=False)
+    sk.explain(tiny_cnn, torch.randn(1, 3, 16, 16), "smoothgrad", n_samples=4)
+    metrics.deletion(tiny_cnn, torch.randn(1, 3, 16, 16), torch.rand(1, 16, 16), step=64)
+    assert fake.calls == []
+    with pytest.raises(TypeError, match="retain_memory"):
+        perf.set_defaults(retain_memory="yes")
+
+
+def test_retained_memory_is_a_no_op_without_glibc(monkeypatch):
+    monkeypatch.setattr(perf, "_libc", False)
+    with perf.retained_memory():
+        assert perf._retain_depth == 0

@@ -9,7 +9,8 @@ the same way:
   (minimum) time is reported with the median, so a busy machine slows all cases alike;
 * the **raw floor** is the model's forward plus ``autograd.grad`` w.r.t. the input of the same
   number of rows, with nothing else (no noise, no reduction), at the same precision and memory
-  format, at the best chunk size of a sweep;
+  format, at the best chunk size of a sweep, under saliencekit's allocator setting
+  (``retain_memory``; Captum runs with the allocator as a user has it);
 * peak memory comes from the untimed warm-up run of each case: on CUDA ``max_memory_allocated``;
   on CPU the resident set size sampled every 10 ms by a thread, minus the size just before the run.
 """
@@ -167,17 +168,21 @@ def frozen_floor(model, *a, **k) -> Callable[[], None]:
     cl = bool(k.get("channels_last"))
 
     def fn():
-        with model_guard(model), channels_last_weights(model, cl):
+        # the floor runs under saliencekit's allocator setting too (the fastest conditions we know)
+        with model_guard(model), channels_last_weights(model, cl, retain_memory=True):
             inner()
     return fn
 
 
-def channels_last_weights(model: nn.Module, on: bool = True):
+def channels_last_weights(model: nn.Module, on: bool = True, retain_memory: bool = False):
     """The model's 4-D weights in channels_last for the block (a user's ``model.to(memory_format=
-    torch.channels_last)``), put back afterwards: ``perf.call_scope``'s weight swap."""
+    torch.channels_last)``), put back afterwards: ``perf.call_scope``'s weight swap. The memory
+    allocator is left as a user has it unless ``retain_memory``."""
     from . import perf
 
-    return perf.call_scope(model, perf.Settings(channels_last=True)) if on else contextlib.nullcontext()
+    if not on and not retain_memory:
+        return contextlib.nullcontext()
+    return perf.call_scope(model, perf.Settings(channels_last=on, retain_memory=retain_memory))
 
 
 def sk_case(model, x, target, name: str, n: int, **speed) -> Callable[[], object]:

@@ -86,7 +86,9 @@ def guarded(model: nn.Module) -> Iterator[nn.Module]:
     a memory layout, so the scores only change by float rounding. Precision stays float32 and
     nothing is compiled: a metric should not depend on the speed switches of the maps it judges.
     """
-    settings = perf.Settings(channels_last=perf.get_defaults().channels_last is True, calibrate=False)
+    defaults = perf.get_defaults()
+    settings = perf.Settings(channels_last=defaults.channels_last is True, calibrate=False,
+                             retain_memory=defaults.retain_memory)
     with engine.model_guard(model), perf.call_scope(model, settings), torch.inference_mode():
         yield model
 
