@@ -32,6 +32,10 @@ Every gradient method costs forward+backward passes, evaluated by the engine in 
   triggers a recompilation. If the compiler is unavailable the call falls back to eager mode
   with a warning.
 
+* **retain_memory** (default ``True``, :func:`set_defaults` only): during a CPU call glibc keeps
+  freed memory for reuse instead of page-faulting every chunk's activations afresh; the memory
+  is returned to the OS when the call ends (:func:`retained_memory`). No effect on values.
+
 Settings are chosen per call (``explain(..., precision=, channels_last=, compile=)``) or for the
 process with :func:`set_defaults`.
 """
