@@ -34,7 +34,8 @@ Every gradient method costs forward+backward passes, evaluated by the engine in 
 
 * **retain_memory** (default ``True``, :func:`set_defaults` only): during a CPU call glibc keeps
   freed memory for reuse instead of page-faulting every chunk's activations afresh; the memory
-  is returned to the OS when the call ends (:func:`retained_memory`). No effect on values.
+  is given back to glibc's normal trimming when the call ends (:func:`retained_memory`). No
+  effect on values.
 
 Settings are chosen per call (``explain(..., precision=, channels_last=, compile=)``) or for the
 process with :func:`set_defaults`.
@@ -249,9 +250,10 @@ def call_scope(model: nn.Module, settings: Settings):
 # activations afresh: on EfficientNet-Lite0 (2 cores) the first chunks of 4 rows ran at 19-24
 # ms/row and chunks of 8 at 22-32 ms/row for six chunks, vs 16-17 ms/row once warm. During a
 # call the threshold is set to its maximum and nothing is trimmed (every size is warm from its
-# second chunk); at the end the trim threshold goes back to glibc's own steady value and
-# ``malloc_trim(0)`` returns the free memory to the OS. (PyTorch's CPU launcher does the same
-# with jemalloc and decay times of months.)
+# second chunk); at the end the trim threshold goes back to glibc's own steady value, and glibc
+# returns the free top of the heap to the OS at its next large free, as it normally does
+# (``malloc_trim(0)``, which also walks the holes, took 70-85 ms here: not worth it per call).
+# PyTorch's CPU launcher goes further: jemalloc with decay times of months.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD_MAX = 4 * 1024 * 1024 * 8     # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 _RETAIN_TRIM = (1 << 31) - 1
@@ -267,7 +269,7 @@ def _glibc():
         if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
             try:
                 lib = ctypes.CDLL(None)
-                if hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim"):
+                if hasattr(lib, "mallopt"):
                     _libc = lib
             except OSError:
                 pass
@@ -292,9 +294,8 @@ def retained_memory(enabled: bool = True):
     finally:
         with _retain_lock:
             _retain_depth -= 1
-            if _retain_depth == 0:
+            if _retain_depth == 0:  # glibc returns the free top of the heap at its next large free
                 lib.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)
-                lib.malloc_trim(0)
 
 
 def prepare_points(pts: torch.Tensor, st: Optional[CallState]) -> torch.Tensor:
