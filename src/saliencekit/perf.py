@@ -64,7 +64,7 @@ _ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "f
 FP16_LOSS_SCALE = 256.0
 PROBE_ROOM = 4                 # a size s is probed only while >= PROBE_ROOM * s rows of the call remain
 MIN_CALIBRATION_CHUNKS = 8     # a call is calibrated only if it has >= 8 chunks of the start size
-CPU_MAX_PROBE_ROWS = 256       # the largest chunk the calibration tries
+MAX_PROBE_FACTOR = 2           # the calibration tries sizes up to twice the start size
 LAYOUT_MARGIN = 0.95           # channels_last must be at least 5% faster per row to be chosen
 CONFIRM_FACTOR = 1.5           # sizes within this factor of the best per-row time are timed again
 CUDA_MEMORY_FRACTION = 0.8     # share of free memory a chunk may use
@@ -509,8 +509,12 @@ class Calibrator:
     1. with ``layouts=(False, True)`` (``channels_last="auto"``, 4-D input, 4-D weights): the
        start size in the contiguous layout, then in channels_last; channels_last is kept when it
        is at least 5 % faster per row;
-    2. in the kept layout: twice the start size, four times, ... while each is faster per row
-       than the best so far; if twice the start is not faster, half of it, a quarter, ...
+    2. in the kept layout: twice the start size (no larger: a wrong choice is cached for the
+       process, and one timed chunk taken while another program loads the machine can make a
+       large size look best; at 4x the start EfficientNet-Lite0 ran 1.2-1.7x slower per row)
+       if it is faster per row; otherwise half the start, a quarter, ... while each is faster;
+    3. every size within ``CONFIRM_FACTOR`` of the best is timed once more (the first chunks of a
+       process run cold) and the fastest per row, over both timings, is kept.
 
     Then the fastest size (and layout) is cached for the model and key; the rest of the call and
     later calls run with it. If the call ends first, what was measured so far is cached.
@@ -599,7 +603,7 @@ class Calibrator:
         self.rows, self.layout = s0, layout
         for grow in (True, False):
             size, improved = (s0 * 2 if grow else s0 // 2), False
-            while 1 <= size <= CPU_MAX_PROBE_ROWS:
+            while 1 <= size <= MAX_PROBE_FACTOR * s0:
                 t = yield from self._probe(layout, size)
                 if t is None or t >= best_t:
                     break
