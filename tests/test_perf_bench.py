@@ -37,8 +37,14 @@ def test_compare_times_every_case_and_reports_ratios(tiny_cnn):
         assert c.rows == 6 and len(c.times) == 2 and c.best > 0 and c.peak_bytes is not None
     ratios = cli_bench.summary_rows(sg)
     assert set(ratios) == {"vs Captum default", "vs Captum best chunk", "vs raw floor"}
+    by = {c.name: c for c in sg}
+    floor_best = min(c.best for c in sg if c.kind == "floor")
+    assert ratios["vs raw floor"] == pytest.approx(floor_best / by["saliencekit (default)"].best)
+    med = cli_bench.summary_rows(sg, "median")
+    assert med["vs Captum default"] == pytest.approx(by["Captum (default: all at once)"].median
+                                                     / by["saliencekit (default)"].median)
     text = cli_bench.markdown(res, "tiny")
-    assert text.count("| smoothgrad |") == 9 + 1 and "goal >= 3.0x" in text
+    assert text.count("| smoothgrad |") == 9 + 1 and "goal >= 3.0x" in text and "medians" in text
     assert perf.get_defaults().precision == "fp32"      # variants did not leak into the defaults
 
 
