@@ -6,8 +6,8 @@ Every gradient method costs forward+backward passes, evaluated by the engine in 
   the best size depends on the model, the machine and even the memory allocator's state, so the
   call calibrates *online*: its own first chunks are the timing probes (one warm-up and one timed
   chunk per size, real work of the call, so nothing is computed twice). It starts from the fixed
-  rule's size (about four 224x224 images), tries the layouts (below), then doubles (or halves)
-  while that is faster per row, and times the closest sizes once more, warm, before keeping the
+  rule's size (about four 224x224 images), tries the layouts (below), then twice that size (or
+  halves while that is faster per row), and times the closest sizes once more, warm, before keeping the
   fastest (:class:`Calibrator`). It runs when the call has at least 8 chunks of the start size;
   the choice is cached for the process per (model, per-row input shape, dtype, device, precision,
   channels_last). Smaller calls use the fixed rule. On CUDA the size comes from the free memory
