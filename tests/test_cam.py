@@ -401,3 +401,21 @@ def test_smoothgradcampp_resolves_the_class_in_its_clean_pass(tiny_cnn, x, monke
     torch.testing.assert_close(e.attributions, ref.attributions)
     torch.testing.assert_close(e.targets, ref.targets)
     torch.testing.assert_close(e.scores, ref.scores)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcampp", "smoothgradcampp"])
+def test_trunk_before_the_layer_records_no_graph(tiny_cnn, x, method):
+    """Differentiating to a layer needs no graph before it: the input does not require grad and
+    the modules before the layer produce tensors without a grad_fn. (The maps are checked against
+    the references above, which differentiate through the whole network.)"""
+    seen = []
+    first = tiny_cnn.features[0]
+    h = first.register_forward_hook(
+        lambda m, inp, out: seen.append((inp[0].requires_grad, out.grad_fn is None)) if torch.is_grad_enabled()
+        else None)
+    try:
+        e = sk.explain(tiny_cnn, x, method, layer=LAYER, **({"n_samples": 3} if method == "smoothgradcampp" else {}))
+    finally:
+        h.remove()
+    assert seen and all(not req and no_fn for req, no_fn in seen)
+    assert e.attributions.abs().sum() > 0

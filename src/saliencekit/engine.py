@@ -51,21 +51,29 @@ def auto_batch_size(x: torch.Tensor, total_rows: int) -> int:
 @contextlib.contextmanager
 def model_guard(model: nn.Module):
     """Eval mode and frozen parameters for the call; everything restored afterwards."""
+    # one traversal each; only what is not already in the wanted state is touched (a model already
+    # in eval mode with frozen weights costs two list walks, not a recursive train() per call)
     modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    grads = [(p, p.grad) for p in model.parameters()]
+    params = list(model.parameters())
+    flags = [(p, p.requires_grad) for p in params]
+    grads = [(p, p.grad) for p in params]
     try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
+        if any(t for _, t in modes):
+            model.eval()
+        for p, f in flags:
+            if f:
+                p.requires_grad_(False)
         yield model
     finally:
         for m, t in modes:
-            m.training = t
+            if m.training != t:
+                m.training = t
         for p, f in flags:
-            p.requires_grad_(f)
+            if p.requires_grad != f:
+                p.requires_grad_(f)
         for p, g in grads:
-            p.grad = g
+            if p.grad is not g:
+                p.grad = g
 
 
 @dataclass
@@ -139,7 +147,9 @@ def run(model: nn.Module, plan: Plan, score, on_sample: Callable, *, batch_size:
             pts = plan.make_points(img, smp, stp)
             if pts.is_inference():
                 pts = pts.clone()
-            pts = perf.prepare_points(pts.detach(), st).requires_grad_(True)
+            # the gradient is taken to the input, or to the site layer's output (then the input needs
+            # no grad, and the forward up to the site records no graph: see hooks.capture)
+            pts = perf.prepare_points(pts.detach(), st).requires_grad_(site is None)
             try:
                 pad_to = int(batch_size) if fwd is not model else 0
                 grad = _chunk_grad(fwd, pts, img, score, site, modules, st, pad_to)

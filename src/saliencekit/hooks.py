@@ -1,8 +1,8 @@
 """Layer capture: forward hooks that are always removed.
 
 ``capture(modules)`` registers a forward hook on each module. The hook records the module's
-output (the tensor that the method differentiates to) and hands the rest of the network a
-clone, so in-place operations downstream (``ReLU(inplace=True)``) never modify the captured
+output (the tensor that the method differentiates to; under grad mode made a leaf that requires
+grad when nothing upstream does) and hands the rest of the network a clone, so in-place operations downstream (``ReLU(inplace=True)``) never modify the captured
 tensor or invalidate its gradient. The hooks are removed in ``finally``.
 """
 
@@ -31,6 +31,12 @@ def capture(modules: Iterable[nn.Module]):
                 output = seq[0] if seq else None
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"layer: the output of {type(mod).__name__} is not a tensor")
+            if torch.is_grad_enabled() and not output.requires_grad and output.is_leaf:
+                # nothing upstream needs a gradient (the engine feeds an input that does not
+                # require grad when it differentiates to this layer, and the weights are frozen):
+                # the layer's output becomes the leaf the gradient is taken to, so the trunk
+                # before it ran without recording an autograd graph
+                output.requires_grad_(True)
             store[mod] = output
             # Downstream always gets a clone (with or without grad), so an in-place op after the
             # layer never changes the stored tensor; tuple outputs keep their structure.

@@ -230,7 +230,8 @@ def call_scope(model: nn.Module, settings: Settings):
     only; on CPU (``retain_memory``) freed memory is kept for reuse until the call ends."""
     st = CallState(model, settings)
     token = _ACTIVE.set(st)
-    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    first = next(model.parameters(), None)
+    on_cpu = first is None or first.device.type == "cpu"
     try:
         with retained_memory(settings.retain_memory and on_cpu):
             if settings.channels_last is True:
