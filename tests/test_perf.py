@@ -388,3 +388,18 @@ def test_retained_memory_is_a_no_op_without_glibc(monkeypatch):
     monkeypatch.setattr(perf, "_libc", False)
     with perf.retained_memory():
         assert perf._retain_depth == 0
+
+
+def test_calibrating_call_with_path_steps_matches_fixed_chunks(scripted):
+    """Integrated gradients sum path steps across chunk boundaries; the calibrating call changes
+    the chunk size (and layout) mid-path and must still give the fixed-chunk result."""
+    costs = {1: 0.9, 2: 0.7, 4: 0.5, 8: 0.4}
+    m = Clocked(1.0, lambda rows: costs.get(rows, 0.6), scripted)   # the last chunk may be partial
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    e = sk.explain(m, x, "integrated_gradients", n_steps=37, baseline="zeros", target=[0, 2])
+    sizes = [r for r, _ in m.seen]
+    assert sum(sizes) == 74 and len(set(sizes)) > 1 and any(cl for _, cl in m.seen)
+    ref = sk.explain(m, x, "integrated_gradients", n_steps=37, baseline="zeros", target=[0, 2], batch_size=5,
+                     channels_last=False)
+    torch.testing.assert_close(e.attributions, ref.attributions, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(e.delta, ref.delta, rtol=1e-4, atol=1e-5)
