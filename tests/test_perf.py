@@ -51,8 +51,9 @@ class Clocked(nn.Module):
     """A conv net on a virtual clock: each forward that builds a graph advances the clock by a
     scripted cost per row for its (layout, rows), and records (rows, channels_last)."""
 
-    def __init__(self, contiguous_cost, cl_cost, clock):
+    def __init__(self, contiguous_cost, cl_cost, clock, count_inference: bool = False):
         super().__init__()
+        self.count_inference = count_inference
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
         self.head = nn.Linear(4, 3)
         self.costs = {False: contiguous_cost, True: cl_cost}
@@ -60,7 +61,7 @@ class Clocked(nn.Module):
         self.seen: list[tuple[int, bool]] = []
 
     def forward(self, x):
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or self.count_inference:
             cl = x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
             cost = self.costs[cl]
             self.clock[0] += (cost(x.shape[0]) if callable(cost) else cost) * x.shape[0]
@@ -403,3 +404,29 @@ def test_calibrating_call_with_path_steps_matches_fixed_chunks(scripted):
                      channels_last=False)
     torch.testing.assert_close(e.attributions, ref.attributions, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(e.delta, ref.delta, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cl_cost,expected", [(0.5, True), (2.0, False)])
+def test_metrics_probe_the_layout_on_their_own_first_chunks(scripted, monkeypatch, cl_cost, expected):
+    from saliencekit import metrics
+    from saliencekit.metrics import _common
+
+    monkeypatch.setattr(_common, "_CPU_ELEMENTS", 4 * 3 * 16 * 16)      # 4 rows per scoring chunk
+    m = Clocked(1.0, cl_cost, scripted, count_inference=True)
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    sal = torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(3))
+    ptrs = [p.data_ptr() for p in m.parameters()]
+    d = metrics.deletion(m, x, sal, target=[1], step=8)                  # 33 rows: 8 chunks + 1
+    assert [r for r, _ in m.seen] == [4] * 8 + [1]
+    assert [c for _, c in m.seen][:4] == [False, False, True, True]      # both layouts, warm + timed
+    assert all(c is expected for _, c in m.seen[4:])
+    assert [p.data_ptr() for p in m.parameters()] == ptrs and m.conv.weight.is_contiguous()
+    m.seen.clear()
+    d2 = metrics.deletion(m, x, sal, target=[1], step=8)                 # decided: from the cache
+    assert all(c is expected for _, c in m.seen)
+    perf.set_defaults(calibrate=False)                                   # as evaluate does: contiguous
+    m.seen.clear()
+    d3 = metrics.deletion(m, x, sal, target=[1], step=8)
+    assert not any(c for _, c in m.seen)
+    torch.testing.assert_close(d, d3, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(d2, d3, rtol=1e-5, atol=1e-6)

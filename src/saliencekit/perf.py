@@ -480,6 +480,26 @@ def auto_rows(x: torch.Tensor, total_rows: int) -> int:
     return a
 
 
+def inference_layout(model: nn.Module, row: torch.Tensor, total_rows: int, rows: int) -> Optional["Calibrator"]:
+    """``channels_last="auto"`` for an inference-only loop of ``total_rows`` rows shaped like
+    ``row`` in chunks of ``rows`` (the metrics): a cached decision is applied and ``None``
+    returned; otherwise, when the loop has at least ``MIN_CALIBRATION_CHUNKS`` chunks, a
+    :class:`Calibrator` that probes the two layouts on the loop's own first four chunks (the chunk
+    size stays the caller's). Call inside :func:`call_scope`."""
+    st = active()
+    if st is None or st.model is not model or st.settings.channels_last != "auto":
+        return None
+    key = ("inference",) + cache_key(row[None], replace(st.settings, channels_last=st.requested))
+    known = _LAYOUT.get(model, {}).get(key)
+    if known is not None:
+        _set_layout(st, known)
+        return None
+    if row.device.type != "cpu" or total_rows < MIN_CALIBRATION_CHUNKS * rows or \
+            not _layout_matters(model, row[None]):
+        return None
+    return Calibrator(model, key, st, rows, layouts=(False, True), sizes=False)
+
+
 def _pow2_floor(n: int) -> int:
     p = 1
     while p * 2 <= n:
@@ -523,9 +543,10 @@ class Calibrator:
 
     timer = staticmethod(time.perf_counter)  # the engine times chunks with this (tests script it)
 
-    def __init__(self, model: nn.Module, key: tuple, st: CallState, start: int, layouts=None):
+    def __init__(self, model: nn.Module, key: tuple, st: CallState, start: int, layouts=None,
+                 sizes: bool = True):
         self.model_ref = weakref.ref(model)
-        self.key, self.st, self.start = key, st, int(start)
+        self.key, self.st, self.start, self.sizes = key, st, int(start), sizes
         self.layouts = tuple(layouts) if layouts else None
         self.per_row: Dict[Tuple[bool, int], float] = {}   # (channels_last, size) -> seconds per row
         self.rows, self.layout = int(start), st.channels_last
@@ -602,6 +623,8 @@ class Calibrator:
             if best_t is None:
                 return
         self.rows, self.layout = s0, layout
+        if not self.sizes:
+            return
         for grow in (True, False):
             size, improved = (s0 * 2 if grow else s0 // 2), False
             while 1 <= size <= MAX_PROBE_FACTOR * s0:

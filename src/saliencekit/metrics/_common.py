@@ -81,14 +81,16 @@ def chunk_rows(x: torch.Tensor, total: int, batch_size: Optional[int]) -> int:
 def guarded(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode, frozen parameters and inference mode for the call; the model restored after.
 
-    The metrics follow the process-wide ``channels_last=True`` default (``saliencekit.set_defaults``;
-    ``"auto"`` runs contiguous: a metric's many small forwards are not calibrated):
-    a memory layout, so the scores only change by float rounding. Precision stays float32 and
+    The metrics follow the process-wide ``channels_last`` default (``saliencekit.set_defaults``).
+    With ``"auto"`` (and ``calibrate=True``) a long scoring loop times its own first chunks in
+    both layouts and keeps the faster (cached per model and row shape, apart from the explain
+    calls' decisions); ``calibrate=False`` (as ``evaluate`` sets) runs contiguous. A memory layout
+    only changes the scores by float rounding. Precision stays float32 and
     nothing is compiled: a metric should not depend on the speed switches of the maps it judges.
     """
     defaults = perf.get_defaults()
-    settings = perf.Settings(channels_last=defaults.channels_last is True, calibrate=False,
-                             retain_memory=defaults.retain_memory)
+    layout = defaults.channels_last if defaults.calibrate else defaults.channels_last is True
+    settings = perf.Settings(channels_last=layout, calibrate=False, retain_memory=defaults.retain_memory)
     with engine.model_guard(model), perf.call_scope(model, settings), torch.inference_mode():
         yield model
 
@@ -135,13 +137,23 @@ def scored_rows(model: nn.Module, total: int, build: Callable[[torch.Tensor], Tu
                 classes: torch.Tensor, space: str, rows: int) -> torch.Tensor:
     """Scores of ``total`` rows; ``build(row_index)`` -> (inputs, image index) for one chunk of rows."""
     res = []
+    probe = None
     for s in range(0, total, rows):
         idx = torch.arange(s, min(total, s + rows))
         inp, img = build(idx)
+        if s == 0:  # channels_last="auto": a cached layout, or the first chunks probe both
+            probe = perf.inference_layout(model, inp[0], total, rows)
+        if probe is not None:
+            probe.next(total - s)  # the size stays ``rows``; this sets the chunk's layout
+            t0 = probe.timer()
         out = forward(model, inp)
         if s == 0:
             check_class_range(classes, out.shape[1])
         res.append(select(out, classes[img.to(classes.device)], space))
+        if probe is not None:
+            probe.report(probe.timer() - t0)
+    if probe is not None:
+        probe.finish()
     return torch.cat(res) if res else torch.zeros(0)
 
 
