@@ -2,8 +2,9 @@
 
 ``capture(modules)`` registers a forward hook on each module. The hook records the module's
 output (the tensor that the method differentiates to; under grad mode made a leaf that requires
-grad when nothing upstream does) and hands the rest of the network a clone, so in-place operations downstream (``ReLU(inplace=True)``) never modify the captured
-tensor or invalidate its gradient. The hooks are removed in ``finally``.
+grad when nothing upstream does) and hands the rest of the network a clone, so in-place
+operations downstream (``ReLU(inplace=True)``) never modify the captured tensor or invalidate
+its gradient. The hooks are removed in ``finally``.
 """
 
 from __future__ import annotations

@@ -588,7 +588,8 @@ class Calibrator:
         _set_layout(self.st, self.layout)
         model = self.model_ref()
         if model is not None:
-            store_chunk(model, self.key, self.rows)
+            if self.sizes:  # a layout-only probe (the metrics) keeps its caller's chunk size
+                store_chunk(model, self.key, self.rows)
             if self.layouts is not None:
                 _LAYOUT.setdefault(model, {})[self.key] = bool(self.layout)
 
