@@ -51,8 +51,8 @@ def main():
 
     import ray
 
-    from saliencekit import distributed as dist
-    from saliencekit import evaluation as ev
+    from saliencekit.evaluation import ray as dist
+    from saliencekit.evaluation import run as ev
     from saliencekit import load_model
     from saliencekit.models import get_preprocessing
 

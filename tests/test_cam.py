@@ -15,7 +15,7 @@ from conftest import _init, assert_same_state, model_state
 from torch import nn
 
 import saliencekit as sk
-from saliencekit import noise
+from saliencekit.core import noise
 
 LAYER = "features.2"  # ReLU(inplace) output, 6 x 16 x 16; a strided conv + ReLU follow: g varies in space
 

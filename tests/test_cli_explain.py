@@ -19,8 +19,8 @@ def test_methods_lists_every_method_with_defaults():
                  "positive", "negative", "active", "inactive"):
         assert f"{name}\n" in res.output
     assert "n_samples=50" in res.output and "noise_level=0.15" in res.output and "n_steps=50" in res.output
-    assert set(sk.methods()) >= {"gradient", "smoothgrad"}
-    assert sk.methods()["smoothtaylor"]["defaults"]["n_samples"] == 150
+    assert set(sk.list_methods(details=True)) >= {"gradient", "smoothgrad"}
+    assert sk.list_methods(details=True)["smoothtaylor"]["defaults"]["n_samples"] == 150
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import TinyCNN, _init
 from PIL import Image
 
-from saliencekit import evaluation as ev
+from saliencekit.evaluation import run as ev
 from saliencekit.cli import main
 from saliencekit.models import Preprocessing
 

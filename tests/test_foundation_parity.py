@@ -12,7 +12,7 @@ from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Salien
 from conftest import TinyCNN, _init
 
 import saliencekit as sk
-from saliencekit import noise
+from saliencekit.core import noise
 
 RULES = ["riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
 
@@ -146,7 +146,7 @@ def _reference_smoothgrad(model, x, cls, seed, n, sigma, base="gradient", n_step
             elif base == "gradient_x_input":
                 a = z * _autograd(model, z[None], [cls[i]])[0]
             else:  # integrated gradients from a zero baseline to the noisy point
-                from saliencekit.methods.integrated import path_rule
+                from saliencekit.methods.paths import path_rule
 
                 alphas, weights = path_rule(rule, n_steps)
                 acc = torch.zeros_like(z)

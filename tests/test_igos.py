@@ -8,12 +8,12 @@ from conftest import assert_same_state, model_state
 from torch import nn
 
 import saliencekit as sk
-from saliencekit import noise
+from saliencekit.core import noise
 from saliencekit.methods.base import Context
 from saliencekit.methods.igos import IGOS, blurred_baseline
-from saliencekit.methods.integrated import gaussian_blur
+from saliencekit.core.imageops import gaussian_blur
 from saliencekit.models import IDENTITY
-from saliencekit.targets import ClassScore
+from saliencekit.core.targets import ClassScore
 
 # Options for the toy below: its evidence is a small sharp patch, so the default l1 / tv (tuned for
 # 224-pixel photos at mask 28) would outweigh the gain of deleting it; its Laplacian responds to

@@ -6,7 +6,7 @@ import torch
 from conftest import assert_same_state, model_state
 
 import saliencekit as sk
-from saliencekit.metrics import total_variation
+from saliencekit.metrics.total_variation import total_variation
 
 
 def _reference(a, s0, lr=0.1, max_iter=20, patience=3, decay=0.9):

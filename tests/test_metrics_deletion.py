@@ -82,7 +82,7 @@ def test_igos_protocol_equals_loop(tiny_cnn, images):
     ms = 4
     res = deletion(tiny_cnn, images, sal, step=32, protocol="igos", mask_size=ms, return_curves=True)
     # kernel 51 > image 16: the library blur pads by replication there; the substrate is that blur
-    from saliencekit.methods.integrated import gaussian_blur
+    from saliencekit.core.imageops import gaussian_blur
     blur = gaussian_blur(images, 51, 50.0)
     with torch.no_grad():
         cls = tiny_cnn(images).argmax(1)

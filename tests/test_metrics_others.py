@@ -6,9 +6,13 @@ import torch
 from conftest import assert_same_state, model_state
 from scipy.integrate import simpson
 
-from saliencekit import noise
-from saliencekit.metrics import (allegiance, aupc, average_drop, energy_pointing_game, increase_in_confidence,
-                                 pointing_game, relevance_mass, relevance_rank, sanity_check, total_variation)
+from saliencekit.core import noise
+from saliencekit.evaluation import sanity_check
+from saliencekit.metrics import (average_drop, energy_pointing_game, increase_in_confidence, pointing_game,
+                                 relevance_mass, relevance_rank)
+from saliencekit.metrics.allegiance import allegiance
+from saliencekit.metrics.aupc import aupc
+from saliencekit.metrics.total_variation import total_variation
 from saliencekit.models import Preprocessing
 
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 ray = pytest.importorskip("ray")
 
 from saliencekit import data, load_model  # noqa: E402
-from saliencekit import distributed as dist  # noqa: E402
-from saliencekit import evaluation as ev  # noqa: E402
+from saliencekit.evaluation import ray as dist  # noqa: E402
+from saliencekit.evaluation import run as ev  # noqa: E402
 from saliencekit.models import get_preprocessing  # noqa: E402
 
 MODEL = "efficientnet-lite0"

@@ -7,7 +7,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from saliencekit import distributed as dist
+from saliencekit.evaluation import ray as dist
 from saliencekit.evaluation import EvalResult
 
 

@@ -4,7 +4,7 @@ import saliencekit as sk
 
 
 def test_methods_registered():
-    names = set(sk.methods())
+    names = set(sk.list_methods(details=True))
     assert {"gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "smoothtaylor",
             "positive", "negative", "active", "inactive"} <= names
 

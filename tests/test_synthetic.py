@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import saliencekit as sk
-from saliencekit.data import synthetic_shapes
+from saliencekit.synthetic import synthetic_shapes
 from saliencekit.metrics import energy_pointing_game, pointing_game, relevance_mass
 from saliencekit.synthetic import SPEC, synthetic_model
 

@@ -24,7 +24,7 @@ from PIL import Image
 import saliencekit
 from saliencekit.models import get_preprocessing
 from saliencekit.web import BackgroundServer, InputError, create_app, decode_image
-from saliencekit.web.core import Explorer, Request, load_metrics
+from saliencekit.web.explorer import Explorer, Request, load_metrics
 from saliencekit.web.jobs import JobQueue
 
 SAMPLES = [("stripes", (np.indices((64, 96)).sum(0) % 16 * 16).astype(np.uint8)[..., None].repeat(3, 2))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -109,11 +109,3 @@ def load_labels(folder: Union[str, Path]) -> dict:
         return {}
     data = json.loads(p.read_text())
     return {d["file"]: int(d["class_index"]) for d in data}
-
-
-def iter_batches(seq: Sequence, size: int) -> Iterable[Sequence]:
-    for i in range(0, len(seq), size):
-        yield seq[i:i + size]
-
-
-from .synthetic import synthetic_shapes  # noqa: E402,F401  (synthetic data set with ground-truth masks)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import noise
+from .core import noise
 from .models import Preprocessing
 
 CLASSES = ("circle", "square", "triangle", "cross")

@@ -1,4 +1,4 @@
-"""SmoothTaylor adaptive noising (Goh et al. 2021; METHODS.md section 2).
+"""Adaptive noising (Goh et al. 2021, section 3.3): a per-image search for the noise scale.
 
 Per image, the noise scale sigma of SmoothTaylor is chosen to minimise an objective A(sigma):
 ``"aupc"`` (region perturbation, ``metrics.aupc`` on the signed channel-sum heatmap) or
@@ -14,8 +14,8 @@ the new sigma is the best seen. At most 20 iterations. The result is the map at 
 with ``extras["sigma"]`` (per image) and ``extras["objective_trace"]`` (per image, the list of
 ``[sigma, A, accepted]`` triples in evaluation order, starting with the initial sigma).
 
-Every map reuses ``integrated.smoothtaylor_fixed`` with the same noise keys, so the returned
-map equals ``smoothtaylor`` with ``noise_scale`` set to the chosen sigma.
+The map at each sigma comes from the caller (``smoothtaylor`` passes its fixed-sigma map with the
+same noise keys), so the returned map equals the method run with the chosen sigma.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from typing import Any, Callable
 
 import torch
 
-from ..targets import ClassScore
+from ..core.targets import ClassScore
+from ..metrics.aupc import aupc
+from ..metrics.total_variation import total_variation
 from .base import Context
 
 ADAPTIVE_DEFAULTS = {"lr": 0.1, "max_iter": 20, "patience": 3, "decay": 0.9, "sigma0": None,
@@ -53,7 +55,6 @@ def _objective_fn(ctx: Context, objective, opts: dict[str, Any]) -> Callable:
         return custom
     if objective not in OBJECTIVES:
         raise ValueError(f"objective: expected 'aupc', 'autvc' or a callable, got {objective!r}")
-    from ..metrics import aupc, total_variation
 
     if objective == "aupc":
         def fa(sub: Context, attr: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -88,10 +89,10 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     return o
 
 
-def smoothtaylor_adaptive(ctx: Context, n_samples: int, objective="aupc", options: dict[str, Any] | None = None):
-    """The per-image sigma search; returns attributions at the best sigma, sigma and the traces."""
-    from .integrated import smoothtaylor_fixed
-
+def adaptive_noising(ctx: Context, map_at: Callable[[Context, torch.Tensor], torch.Tensor], objective="aupc",
+                     options: dict[str, Any] | None = None):
+    """The per-image sigma search; ``map_at(sub_context, sigma)`` gives the attributions of the
+    sub-batch at one sigma per image. Returns attributions at the best sigma, sigma and the traces."""
     if ctx.classes is None:
         raise ValueError("target: adaptive noising explains a class; unit / callable targets are not supported")
     o = _check_options(options or {})
@@ -112,7 +113,7 @@ def smoothtaylor_adaptive(ctx: Context, n_samples: int, objective="aupc", option
     def evaluate(idx: list[int], sig: torch.Tensor):
         sub = _sub_context(ctx, idx)
         s = sig.to(device=x.device, dtype=x.dtype)
-        attr = smoothtaylor_fixed(sub, n_samples, s)
+        attr = map_at(sub, s)
         return attr, fn(sub, attr, s).cpu()
 
     all_idx = list(range(n))
@@ -153,4 +154,4 @@ def smoothtaylor_adaptive(ctx: Context, n_samples: int, objective="aupc", option
                        "objective_trace": traces}}
 
 
-__all__ = ["smoothtaylor_adaptive", "ADAPTIVE_DEFAULTS", "OBJECTIVES"]
+__all__ = ["adaptive_noising", "ADAPTIVE_DEFAULTS", "OBJECTIVES"]

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import torch
 
-from .. import engine
-from ..targets import apply_space
-from .base import Context, positive_int, register
+from ..core import engine
+from ..core.targets import apply_space
+from ..core.checks import positive_int
+from .base import Context, Variant, register
 from .gradient import input_gradients
 
 HEAT = {"sign": "abs", "channels": "max", "clip": None, "normalize": True}
-DEFAULTS = {"score": "logit"}
-COMPARE_DEFAULTS = {"score": "logit", "top_k": None}
+DEFAULTS: dict = {}
+COMPARE_DEFAULTS = {"top_k": None}
+# Llorente et al. judge negative and inactive maps by white deletion (occluding with white pixels)
+WHITE = {"allegiance": {"mode": "white"}}
 
 
 def _need_classes(ctx: Context, name: str) -> torch.Tensor:
@@ -30,15 +33,17 @@ def _need_classes(ctx: Context, name: str) -> torch.Tensor:
     return ctx.classes
 
 
-@register("positive", defaults=DEFAULTS, heatmap=HEAT, class_target_only=True)
-def positive(ctx: Context, score):
+@register("positive", defaults=DEFAULTS, heatmap=HEAT, class_target_only=True, cost=lambda o: 1, showcase=True,
+          variants={"positive": Variant("positive", default=True)})
+def positive(ctx: Context):
     """ReLU of the explained class's gradient: pixels whose brightening raises the class."""
     _need_classes(ctx, "positive")
     return {"attributions": input_gradients(ctx).clamp(min=0)}
 
 
-@register("negative", defaults=DEFAULTS, heatmap=HEAT, class_target_only=True)
-def negative(ctx: Context, score):
+@register("negative", defaults=DEFAULTS, heatmap=HEAT, class_target_only=True, cost=lambda o: 1,
+          showcase=True, variants={"negative": Variant("negative", metric_options=WHITE, default=True)})
+def negative(ctx: Context):
     """ReLU of minus the gradient: pixels whose darkening raises the class."""
     _need_classes(ctx, "negative")
     return {"attributions": (-input_gradients(ctx)).clamp(min=0)}
@@ -89,7 +94,7 @@ def other_class_extremes(ctx: Context, top_k=None):
 
 
 @register("active", defaults=COMPARE_DEFAULTS, heatmap=HEAT, class_target_only=True)
-def active(ctx: Context, score, top_k):
+def active(ctx: Context, top_k):
     """|g_c_hat| where it is strictly greater than every other class's gradient (``top_k``: compare
     with the k highest-scoring other classes only; default all classes)."""
     g = input_gradients(ctx)
@@ -97,8 +102,9 @@ def active(ctx: Context, score, top_k):
     return {"attributions": torch.where(g > hi, g.abs(), torch.zeros_like(g))}
 
 
-@register("inactive", defaults=COMPARE_DEFAULTS, heatmap=HEAT, class_target_only=True)
-def inactive(ctx: Context, score, top_k):
+@register("inactive", defaults=COMPARE_DEFAULTS, heatmap=HEAT, class_target_only=True,
+          variants={"inactive": Variant("inactive", metric_options=WHITE)})
+def inactive(ctx: Context, top_k):
     """|g_c_hat| where it is strictly smaller than every other class's gradient."""
     g = input_gradients(ctx)
     _, lo = other_class_extremes(ctx, top_k)

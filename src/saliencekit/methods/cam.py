@@ -1,4 +1,4 @@
-"""Grad-CAM, Grad-CAM++ and Smooth Grad-CAM++ (METHODS.md section 4), batched through the engine.
+"""Grad-CAM, Grad-CAM++ and Smooth Grad-CAM++ (Omeiza et al. 2019; docs/cams.md), batched through the engine.
 
 Notation: ``A`` = the chosen layer's output on the clean input (K maps), ``g = d score / d A``.
 
@@ -24,91 +24,20 @@ normalised; ``extras["cam"]`` keeps the layer-resolution map, ``extras["weights"
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import engine, noise
-from ..hooks import resolve_layer
-from ..units import as_grid
-from .base import Context, choice, noise_sigma, positive_int, register
+from ..core import engine, noise
+from ..core.hooks import resolve_layer
+from ..core.layers import find_cam_layer
+from ..core.units import as_grid
+from ..core.checks import choice, positive_int
+from .base import LAYER, N_SAMPLES, NOISE_LEVEL, Context, noise_sigma, register
 
-CAM_DEFAULTS = {"layer": None, "channels": None, "relu": True, "prefix_tokens": None, "score": "logit"}
+CAM_DEFAULTS = {"layer": None, "channels": None, "relu": True, "prefix_tokens": None}
 SMOOTH_DEFAULTS = dict(CAM_DEFAULTS, n_samples=25, noise_level=0.15, stdev=None, alpha_numerator="d2")
 CAM_HEATMAP = {"sign": "abs", "channels": "sum", "clip": None, "normalize": True}
-
-
-# ---- layers ------------------------------------------------------------------------------------
-
-def _trace(model: nn.Module, x: torch.Tensor):
-    order: dict[nn.Module, tuple[str, tuple[int, ...], torch.Tensor]] = {}
-    names = {m: n for n, m in model.named_modules() if n}
-    handles = []
-
-    def make(mod):
-        def hook(_m, _i, out):
-            if isinstance(out, (tuple, list)) and out:
-                out = out[0]
-            if isinstance(out, torch.Tensor):
-                order.pop(mod, None)
-                order[mod] = (names[mod], tuple(out.shape), out)
-        return hook
-
-    with engine.model_guard(model):
-        try:
-            for m in names:
-                handles.append(m.register_forward_hook(make(m)))
-            with torch.no_grad():
-                model(x)
-        finally:
-            for h in handles:
-                h.remove()
-    return [(n, m, s, o) for m, (n, s, o) in order.items()]
-
-
-def layer_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
-    """``(name, module, output shape)`` of every submodule, in the order their forwards finish.
-
-    One no-grad forward of ``x`` with the model in eval mode; hooks are removed and the model's
-    state is restored afterwards. A module called several times is listed at its last call.
-    """
-    return [(n, m, s) for n, m, s, _ in _trace(model, x)]
-
-
-def is_spatial(shape: tuple[int, ...]) -> bool:
-    return len(shape) == 4 and shape[2] * shape[3] > 1
-
-
-_AUTO_CACHE: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
-
-
-def find_cam_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
-    """The automatic CAM layer: the last module (in execution order) with a 4-D spatial output.
-
-    Modules after global pooling have 1 x 1 or 2-D outputs, so this is the last feature layer
-    before pooling. Cached per model and input shape.
-    """
-    key = (tuple(x.shape[1:]), x.dtype, str(x.device))
-    cache = _AUTO_CACHE.setdefault(model, {})
-    if key in cache:
-        name = cache[key]
-        mod = dict(model.named_modules()).get(name)
-        if mod is not None:
-            return name, mod
-    found = [(n, m, o) for n, m, s, o in _trace(model, x[:1]) if is_spatial(s)]
-    if not found:
-        raise ValueError("layer: the model has no module with a 4-D spatial output (B x C x H x W); pass layer= "
-                         "(for a vision transformer, a block's token output, e.g. 'blocks.11.norm1'); "
-                         "`saliencekit layers` lists the candidates")
-    k = len(found) - 1
-    # A container (Sequential, a block) returning its last child's output tensor: name the child.
-    while k > 0 and found[k - 1][0].startswith(found[k][0] + ".") and found[k - 1][2] is found[k][2]:
-        k -= 1
-    name, mod = found[k][0], found[k][1]
-    cache[key] = name
-    return name, mod
 
 
 def _layer(ctx: Context, layer) -> tuple[str, nn.Module]:
@@ -252,22 +181,26 @@ def _check_common(layer, relu, prefix_tokens):
         raise ValueError(f"prefix_tokens: expected a non-negative int or None, got {prefix_tokens!r}")
 
 
-@register("gradcam", defaults=CAM_DEFAULTS, heatmap=CAM_HEATMAP, clean_pass=True)
-def gradcam(ctx: Context, layer, channels, relu, prefix_tokens, score):
+@register("gradcam", defaults=CAM_DEFAULTS, heatmap=CAM_HEATMAP, clean_pass=True, ui={"layer": LAYER},
+          cost=lambda o: 1, showcase=True)
+def gradcam(ctx: Context, layer, channels, relu, prefix_tokens):
     """Grad-CAM (Selvaraju et al.): ReLU(sum_k mean_ij(g_k) A_k) at ``layer`` (default: last spatial layer)."""
     _check_common(layer, relu, prefix_tokens)
     return cam_maps(ctx, "gradcam", layer, channels, relu, prefix_tokens)
 
 
-@register("gradcampp", defaults=CAM_DEFAULTS, heatmap=CAM_HEATMAP, clean_pass=True)
-def gradcampp(ctx: Context, layer, channels, relu, prefix_tokens, score):
+@register("gradcampp", defaults=CAM_DEFAULTS, heatmap=CAM_HEATMAP, clean_pass=True, ui={"layer": LAYER},
+          cost=lambda o: 1, showcase=True)
+def gradcampp(ctx: Context, layer, channels, relu, prefix_tokens):
     """Grad-CAM++ (Chattopadhyay et al.), closed form alpha = g^2 / (2 g^2 + sum_ab(A) g^3)."""
     _check_common(layer, relu, prefix_tokens)
     return cam_maps(ctx, "gradcampp", layer, channels, relu, prefix_tokens)
 
 
-@register("smoothgradcampp", defaults=SMOOTH_DEFAULTS, heatmap=CAM_HEATMAP, stochastic=True, clean_pass=True)
-def smoothgradcampp(ctx: Context, layer, channels, relu, prefix_tokens, score, n_samples, noise_level, stdev,
+@register("smoothgradcampp", defaults=SMOOTH_DEFAULTS, heatmap=CAM_HEATMAP, stochastic=True, clean_pass=True,
+          ui={"layer": LAYER, "n_samples": N_SAMPLES, "noise_level": NOISE_LEVEL}, cost=lambda o: o["n_samples"],
+          showcase=True)
+def smoothgradcampp(ctx: Context, layer, channels, relu, prefix_tokens, n_samples, noise_level, stdev,
                     alpha_numerator):
     """Smooth Grad-CAM++ (Omeiza et al. 2019): Grad-CAM++ with D1, D2, D3 = means of g, g^2, g^3 over
     ``n_samples`` noisy copies (sigma = ``noise_level`` x range, or ``stdev``); A from the clean input."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import engine
-from .base import Context, register
+from ..core import engine
+from .base import Context, Variant, register
 
 
 def input_gradients(ctx: Context) -> torch.Tensor:
@@ -20,16 +20,18 @@ def input_gradients(ctx: Context) -> torch.Tensor:
     return out
 
 
-@register("gradient", defaults={"score": "logit"}, heatmap={"sign": "abs", "channels": "sum", "clip": 99},
-          clean_pass=True)
-def gradient(ctx: Context, score):
+@register("gradient", defaults={}, heatmap={"sign": "abs", "channels": "sum", "clip": 99}, clean_pass=True,
+          cost=lambda o: 1, showcase=True,
+          variants={"gradient": Variant("gradient", default=True),
+                    "original": Variant("gradient", heatmap={"channels": "max", "clip": None})})
+def gradient(ctx: Context):
     """Vanilla gradient of the score w.r.t. the input (Simonyan et al.); heatmap: |g| summed over channels."""
     return {"attributions": input_gradients(ctx)}
 
 
-@register("gradient_x_input", defaults={"score": "logit"}, heatmap={"sign": "abs", "channels": "sum", "clip": 99},
-          clean_pass=True)
-def gradient_x_input(ctx: Context, score):
+@register("gradient_x_input", defaults={}, heatmap={"sign": "abs", "channels": "sum", "clip": 99}, clean_pass=True,
+          cost=lambda o: 1)
+def gradient_x_input(ctx: Context):
     """x * gradient. Caution (Smilkov et al.): mixes pixel intensity into the map; black pixels
     (x = 0 in model space) can never be salient."""
     return {"attributions": ctx.x.detach().to(engine.acc_dtype(ctx.x.dtype)) * input_gradients(ctx)}

@@ -25,12 +25,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import engine, noise
-from .base import Context, nonneg_float, positive_int, register
-from .integrated import gaussian_blur
+from ..core import engine, noise
+from ..core.checks import nonneg_float, positive_float, positive_int
+from ..core.imageops import gaussian_blur
+from .base import Context, Option, register
 
 IGOS_DEFAULTS = {"mask_size": 28, "iterations": 15, "ig_steps": 20, "l1": 1.0, "tv": 20.0, "tv_beta": 2,
-                 "noise": 0.2, "step_init": 200.0, "blur_kernel": 51, "blur_sigma": 50.0, "score": "softmax",
+                 "noise": 0.2, "step_init": 200.0, "blur_kernel": 51, "blur_sigma": 50.0,
                  "line_search": "path"}
 LINE_SEARCH = ("path", "plain")
 
@@ -59,13 +60,6 @@ def mask_shape(mask_size, input_hw: tuple[int, int]) -> tuple[int, int]:
         if v > n:
             raise ValueError(f"mask_size: the mask {what} {v} exceeds the input {what} {n}")
     return int(sides[0]), int(sides[1])
-
-
-def _positive_float(name: str, v) -> float:
-    v = nonneg_float(name, v)
-    if v <= 0:
-        raise ValueError(f"{name}: expected a positive number, got {v}")
-    return v
 
 
 # ---- building blocks (also used by the tests) -------------------------------------------------
@@ -256,10 +250,13 @@ def blurred_baseline(ctx: Context, kernel: int, sigma: float) -> torch.Tensor:
     return pp.normalize(gaussian_blur(pp.denormalize(x), kernel, sigma))
 
 
-@register("igos", defaults=IGOS_DEFAULTS, stochastic=True,
-          heatmap={"sign": "abs", "channels": "sum", "clip": None})
+@register("igos", defaults=IGOS_DEFAULTS, stochastic=True, score="softmax",
+          heatmap={"sign": "abs", "channels": "sum", "clip": None},
+          ui={"mask_size": Option("int", "mask size", 7, 224, help="I-GOS mask resolution (s x s)"),
+              "iterations": Option("int", "iterations", 1, 100, help="I-GOS optimisation steps")},
+          cost=lambda o: o["iterations"] * o["ig_steps"])
 def igos(ctx: Context, mask_size, iterations, ig_steps, l1, tv, tv_beta, noise, step_init, blur_kernel, blur_sigma,
-         score, line_search):
+         line_search):
     """I-GOS (Qi et al. 2020): a mask M optimised with integrated-gradient directions; heatmap 1 - M.
 
     ``mask_size``: int in 7..224 or an (h, w) pair (default 28); ``iterations`` (15) descent
@@ -278,11 +275,11 @@ def igos(ctx: Context, mask_size, iterations, ig_steps, l1, tv, tv_beta, noise, 
     if tv_beta < 1:
         raise ValueError(f"tv_beta: expected a number >= 1 (the TV term must be differentiable), got {tv_beta}")
     sigma = nonneg_float("noise", noise)
-    step_init = _positive_float("step_init", step_init)
+    step_init = positive_float("step_init", step_init)
     positive_int("blur_kernel", blur_kernel)
     if blur_kernel % 2 == 0:
         raise ValueError(f"blur_kernel: expected an odd positive size, got {blur_kernel}")
-    blur_sigma = _positive_float("blur_sigma", blur_sigma)
+    blur_sigma = positive_float("blur_sigma", blur_sigma)
     if line_search not in LINE_SEARCH:
         raise ValueError(f"line_search: expected one of {', '.join(LINE_SEARCH)}, got {line_search!r}")
     base = blurred_baseline(ctx, blur_kernel, blur_sigma)

@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import torch
 
-from .. import engine, noise
-from .base import Context, Moments, choice, noise_sigma, positive_int, register
-from .integrated import IG_DEFAULTS, RULES, baseline_fn, check_baseline, integrated
+from ..core import engine, noise
+from ..core.checks import choice, positive_int
+from .base import N_SAMPLES, NOISE_LEVEL, Context, Moments, Option, Variant, noise_sigma, register
+from .paths import DEFAULT_RULE, RULES, baseline_fn, check_baseline, integrated
 
 ESTIMATORS = ("mean", "square", "var")
 BASES = ("gradient", "gradient_x_input", "integrated_gradients")
 
 SG_DEFAULTS = {"n_samples": 50, "noise_level": 0.15, "stdev": None, "estimator": "mean", "base": "gradient",
-               "score": "logit", "n_steps": 20, "rule": IG_DEFAULTS["rule"], "baseline": "black",
+               "n_steps": 20, "rule": DEFAULT_RULE, "baseline": "black",
                "baseline_draws": 1, "blur_kernel": 51, "blur_sigma": 50.0}
 
 
-@register("smoothgrad", defaults=SG_DEFAULTS, stochastic=True,
-          heatmap={"sign": "abs", "channels": "sum", "clip": 99})
-def smoothgrad(ctx: Context, n_samples, noise_level, stdev, estimator, base, score, n_steps, rule, baseline,
+@register("smoothgrad", defaults=SG_DEFAULTS, stochastic=True, heatmap={"sign": "abs", "channels": "sum", "clip": 99},
+          ui={"n_samples": N_SAMPLES, "noise_level": NOISE_LEVEL,
+              "estimator": Option("choice", "estimator", choices=ESTIMATORS,
+                                  help="mean = SmoothGrad, square = SmoothGrad², var = VarGrad")},
+          cost=lambda o: o["n_samples"] * (o["n_steps"] if o["base"] == "integrated_gradients" else 1),
+          showcase=True,
+          variants={"smoothgrad": Variant("smoothgrad", default=True),
+                    "smoothgrad_square": Variant("smoothgrad", {"estimator": "square"}),
+                    "smoothgrad_var": Variant("smoothgrad", {"estimator": "var"})})
+def smoothgrad(ctx: Context, n_samples, noise_level, stdev, estimator, base, n_steps, rule, baseline,
                baseline_draws, blur_kernel, blur_sigma):
     """SmoothGrad: estimator over x + eps_t, eps_t ~ N(0, sigma^2), of a per-sample attribution.
 

@@ -1,19 +1,23 @@
-"""Faithfulness and quality metrics of the five papers (METHODS.md section 6), batched.
+"""Faithfulness and quality metrics of the five papers, batched, with a registry (``registry``).
 
 Every metric takes ``(model, x, saliency, target=..., **options)`` with ``x`` in model space
 (except ``allegiance``, which takes pixels in [0, 1]) and ``saliency`` B x H x W or
 B x 1 x H x W, and returns per-image values (a tensor of B, or a dict / ``CurveResult`` whose
 ``auc`` is that tensor when curves are asked for).
+
+Each module is importable under its own name; the functions whose names differ from their module's
+are also exported here: ``deletion``, ``insertion``, ``average_drop``, ``increase_in_confidence``,
+the pointing games and relevance measures. ``aupc``, ``total_variation`` and ``allegiance`` are
+modules here; their functions are ``aupc.aupc``, ``total_variation.total_variation`` and
+``allegiance.allegiance`` (``registry.get(name).fn`` reaches every registered metric).
 """
 
-from .allegiance import FRACTIONS, allegiance
-from .aupc import aupc
+from . import deletion_insertion, aupc, total_variation, allegiance, confidence, localization  # noqa: I001  (registration order)
 from .confidence import average_drop, increase_in_confidence
 from .deletion_insertion import CurveResult, deletion, insertion
 from .localization import energy_pointing_game, pointing_game, relevance_mass, relevance_rank
-from .sanity import sanity_check
-from .total_variation import total_variation
+from .registry import METRICS, Judged, MetricSpec, get, register
 
-__all__ = ["FRACTIONS", "CurveResult", "allegiance", "aupc", "average_drop", "deletion", "energy_pointing_game",
-           "increase_in_confidence", "insertion", "pointing_game", "relevance_mass", "relevance_rank",
-           "sanity_check", "total_variation"]
+__all__ = ["CurveResult", "METRICS", "Judged", "MetricSpec", "allegiance", "aupc", "average_drop", "deletion",
+           "energy_pointing_game", "get", "increase_in_confidence", "insertion", "localization", "pointing_game",
+           "register", "registry", "relevance_mass", "relevance_rank", "total_variation"]

@@ -8,35 +8,16 @@ from typing import Any, Callable, Iterator, Optional, Tuple
 import torch
 from torch import nn
 
-from .. import engine, perf
-from ..methods.base import positive_int  # noqa: F401  (re-exported to the metric modules)
-from ..targets import check_class_range, explicit_classes, resolve_classes
+from ..core import chunking, checks, speed
+from ..core.checks import positive_int
+from ..core.guard import forward_scores, model_guard
+from ..core.targets import check_class_range, explicit_classes, resolve_classes
 
-# Rows per forward pass for the metrics' inference-only passes: about 4 images of 3x224x224 on
-# CPU, 128 on CUDA. On CPU small chunks stay in cache: EfficientNet-Lite0 inference on 2 cores runs
-# at ~110 images/s in chunks of 4 vs ~46 in chunks of 16 (benchmarks/bench_metrics.py).
-_CPU_ELEMENTS = 4 * 3 * 224 * 224
-_CUDA_ROWS = 128
-
-
-def check_model(model) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    return model
+check_model = checks.model
 
 
 def check_x(x, name: str = "x") -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a float tensor of shape B x C x H x W, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{name}: expected a 4-D batch B x C x H x W, got shape {tuple(x.shape)}")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name}: the batch is empty")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name}: contains NaN or infinite values")
-    return x.detach()
+    return checks.image_batch(x, name).detach()
 
 
 def check_saliency(saliency, x: Optional[torch.Tensor] = None, name: str = "saliency") -> torch.Tensor:
@@ -69,12 +50,8 @@ def check_saliency(saliency, x: Optional[torch.Tensor] = None, name: str = "sali
 
 def chunk_rows(x: torch.Tensor, total: int, batch_size: Optional[int]) -> int:
     if batch_size is not None:
-        return positive_int("batch_size", batch_size)
-    if x.device.type == "cuda":
-        rows = _CUDA_ROWS
-    else:
-        rows = max(1, _CPU_ELEMENTS // max(1, x[0].numel()))
-    return max(1, min(rows, total))
+        positive_int("batch_size", batch_size)
+    return chunking.inference_rows(x, total, batch_size)
 
 
 @contextlib.contextmanager
@@ -88,16 +65,16 @@ def guarded(model: nn.Module) -> Iterator[nn.Module]:
     only changes the scores by float rounding. Precision stays float32 and
     nothing is compiled: a metric should not depend on the speed switches of the maps it judges.
     """
-    defaults = perf.get_defaults()
+    defaults = speed.get_defaults()
     layout = defaults.channels_last if defaults.calibrate else defaults.channels_last is True
-    settings = perf.Settings(channels_last=layout, calibrate=False, retain_memory=defaults.retain_memory)
-    with engine.model_guard(model), perf.call_scope(model, settings), torch.inference_mode():
+    settings = speed.Settings(channels_last=layout, calibrate=False, retain_memory=defaults.retain_memory)
+    with model_guard(model), speed.call_scope(model, settings), torch.inference_mode():
         yield model
 
 
 def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``engine.forward_scores`` with the active memory layout; call inside ``guarded``."""
-    return engine.forward_scores(model, perf.prepare_points(x, perf.active()))
+    """``forward_scores`` with the active memory layout; call inside ``guarded``."""
+    return forward_scores(model, speed.prepare_points(x, speed.active()))
 
 
 def outputs(model: nn.Module, x: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
@@ -135,26 +112,28 @@ def select(out: torch.Tensor, classes: torch.Tensor, space: str) -> torch.Tensor
 
 def scored_rows(model: nn.Module, total: int, build: Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]],
                 classes: torch.Tensor, space: str, rows: int) -> torch.Tensor:
-    """Scores of ``total`` rows; ``build(row_index)`` -> (inputs, image index) for one chunk of rows."""
+    """Scores of ``total`` rows; ``build(row_index)`` -> (inputs, image index) for one chunk of rows.
+    With ``channels_last="auto"`` the loop's first chunks may probe the two memory layouts
+    (``chunking.for_inference``)."""
+    if total == 0:
+        return torch.zeros(0)
     res = []
-    probe = None
-    for s in range(0, total, rows):
-        idx = torch.arange(s, min(total, s + rows))
-        inp, img = build(idx)
-        if s == 0:  # channels_last="auto": a cached layout, or the first chunks probe both
-            probe = perf.inference_layout(model, inp[0], total, rows)
-        if probe is not None:
-            probe.next(total - s)  # the size stays ``rows``; this sets the chunk's layout
-            t0 = probe.timer()
+    first = build(torch.arange(0, min(rows, total)))   # its row shape keys the layout decision
+    policy = chunking.for_inference(model, first[0][0], total, rows)
+
+    def chunk(start: int, stop: int) -> None:
+        nonlocal first
+        if first is not None and start == 0 and stop == first[0].shape[0]:
+            (inp, img), first = first, None
+        else:
+            inp, img = build(torch.arange(start, stop))
         out = forward(model, inp)
-        if s == 0:
+        if start == 0:
             check_class_range(classes, out.shape[1])
         res.append(select(out, classes[img.to(classes.device)], space))
-        if probe is not None:
-            probe.report(probe.timer() - t0)
-    if probe is not None:
-        probe.finish()
-    return torch.cat(res) if res else torch.zeros(0)
+
+    chunking.drive(policy, total, chunk)
+    return torch.cat(res)
 
 
 def stable_order(saliency_flat: torch.Tensor) -> torch.Tensor:

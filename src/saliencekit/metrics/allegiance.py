@@ -17,6 +17,7 @@ import torch
 
 from ..models import get_preprocessing
 from ._common import check_model, check_saliency, check_x, chunk_rows, guarded, outputs
+from .registry import Judged, register
 
 FRACTIONS = (0.0, 0.03, 0.05, 0.07, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MODES = ("black", "white")
@@ -73,5 +74,11 @@ def allegiance(model, x01: torch.Tensor, saliency: torch.Tensor, mode: str = "bl
     auc = torch.trapezoid(curves, xs, dim=1) if p > 1 else curves[:, 0].clone()
     return {"auc": auc, "curves": curves, "fractions": xs} if return_curves else auc
 
+
+def _judge(j: Judged, opts):
+    return allegiance(j.model, j.x01, j.heat, batch_size=j.batch_size, **opts), None
+
+
+register("allegiance", fn=allegiance, higher_is_better=False, kind="scalar", space="pixel", judge=_judge, default=True)
 
 __all__ = ["allegiance", "occlusion_masks", "FRACTIONS", "MODES"]

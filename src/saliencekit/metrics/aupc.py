@@ -21,10 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import noise
+from ..core import noise
 from ..models import get_preprocessing
 from ._common import (check_model, check_saliency, check_x, chunk_rows, guarded, positive_int, resolve_target,
                       scored_rows, simpson)
+from .registry import Judged, register
 
 
 def select_windows(saliency: torch.Tensor, window: int, regions: int) -> list[list[tuple[int, int]]]:
@@ -113,5 +114,13 @@ def aupc(model, x: torch.Tensor, saliency: torch.Tensor, target: Any = "predicte
                        else torch.tensor(0.0, dtype=torch.float64) for row in norm.cpu()]).float()
     return {"auc": auc, "curves": norm} if return_curves else auc
 
+
+def _judge(j: Judged, opts):
+    r = aupc(j.model, j.x, j.heat, target=j.classes, seed=j.seed, image_ids=j.image_ids, return_curves=True,
+             batch_size=j.batch_size, **opts)
+    return r["auc"], None
+
+
+register("aupc", fn=aupc, higher_is_better=False, kind="scalar", space="model", judge=_judge)
 
 __all__ = ["aupc", "select_windows"]

@@ -15,6 +15,7 @@ import torch
 
 from ..models import get_preprocessing
 from ._common import check_model, check_saliency, check_x, guarded, outputs, resolve_target, select
+from .registry import Judged, register
 
 
 def _normalise01(s: torch.Tensor) -> torch.Tensor:
@@ -54,5 +55,16 @@ def increase_in_confidence(model, x: torch.Tensor, saliency: torch.Tensor, targe
     y, o, _ = confidence_scores(model, x, saliency, target, batch_size)
     return 100.0 * (o > y).float()
 
+
+def _judge(fn):
+    def judge(j: Judged, opts):
+        return fn(j.model, j.x, j.heat, target=j.classes, batch_size=j.batch_size, **opts), None
+    return judge
+
+
+register("average_drop", fn=average_drop, higher_is_better=False, kind="scalar", space="model",
+         judge=_judge(average_drop), default=True)
+register("increase_in_confidence", fn=increase_in_confidence, higher_is_better=True, kind="scalar", space="model",
+         judge=_judge(increase_in_confidence), default=True)
 
 __all__ = ["average_drop", "increase_in_confidence", "confidence_scores"]

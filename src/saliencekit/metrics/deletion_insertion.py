@@ -24,9 +24,10 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from ..methods.integrated import gaussian_blur
+from ..core.imageops import gaussian_blur
 from ._common import (broadcast_image, check_model, check_saliency, check_x, chunk_rows, guarded, positive_int,
                       ranks, scored_rows, target_classes, trapezoid_auc)
+from .registry import Judged, register
 
 PROTOCOLS = ("rise", "igos")
 RISE_BLUR = (11, 5.0)
@@ -138,5 +139,23 @@ def insertion(model, x: torch.Tensor, saliency: torch.Tensor, target: Any = "pre
     res = _curve(model, x, s, target, step, sub, x, protocol, mask_size, batch_size)
     return res if return_curves else res.auc
 
+
+def _judge(fn, protocol):
+    def judge(j: Judged, opts):
+        r = fn(j.model, j.x, j.heat, target=j.classes, return_curves=True, batch_size=j.batch_size,
+               **dict(opts, **({"protocol": protocol} if protocol != "rise" else {})))
+        return r.auc, r.curves
+    return judge
+
+
+register("deletion", fn=deletion, higher_is_better=False, kind="curve", space="model", judge=_judge(deletion, "rise"), default=True)
+register("insertion", fn=insertion, higher_is_better=True, kind="curve", space="model",
+         judge=_judge(insertion, "rise"), default=True)
+register("deletion_igos", fn=deletion, higher_is_better=False, kind="curve", space="model",
+         judge=_judge(deletion, "igos"), options={"protocol": "igos"},
+         doc="Deletion AUC, I-GOS protocol (blurred substrate, ranked mask cells).")
+register("insertion_igos", fn=insertion, higher_is_better=True, kind="curve", space="model",
+         judge=_judge(insertion, "igos"), options={"protocol": "igos"},
+         doc="Insertion AUC, I-GOS protocol (blurred start image, ranked mask cells).")
 
 __all__ = ["deletion", "insertion", "CurveResult", "PROTOCOLS"]

@@ -13,6 +13,7 @@ import torch
 from skimage.transform import pyramid_gaussian
 
 from ._common import check_saliency, simpson
+from .registry import Judged, register
 
 
 def level_atv(m: torch.Tensor, clip: float | None = 99.0) -> torch.Tensor:
@@ -60,5 +61,12 @@ def total_variation(saliency: torch.Tensor, downscale: float = 1.5, min_size: in
     autvc = simpson(atv) if atv.shape[1] > 1 else atv[:, 0].clone()
     return {"atv": atv.float(), "autvc": autvc.float(), "auc": autvc.float()}
 
+
+def _judge(j: Judged, opts):
+    return total_variation(j.tv, **opts)["autvc"], None
+
+
+register("autvc", fn=total_variation, higher_is_better=False, kind="scalar", space="model", judge=_judge,
+         doc="Area under the multi-scale total-variation curve (noise level of the map; lower is smoother).", default=True)
 
 __all__ = ["total_variation", "level_atv", "pyramid"]

@@ -6,7 +6,7 @@ checks behind them live in ``core.py``; the one-at-a-time job queue in ``jobs.py
 """
 
 from .app import BackgroundServer, create_app, is_loopback, serve
-from .core import PARAMS, Explorer, InputError, decode_image
+from .explorer import Explorer, InputError, decode_image
 
 __all__ = [
            "PARAMS",

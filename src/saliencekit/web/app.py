@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .core import ID_RE, Explorer, InputError
+from .explorer import ID_RE, Explorer, InputError
 from .jobs import JobQueue, QueueFull
 
 log = logging.getLogger("saliencekit.web")

@@ -48,7 +48,7 @@ def _write(path: Path, rows, fields, key) -> None:
 
 
 def _parse_opts(pairs, what: str) -> dict[str, dict[str, Any]]:
-    from .cli import _parse_value
+    from . import _parse_value
 
     out: dict[str, dict[str, Any]] = {}
     for p in pairs:
@@ -61,14 +61,14 @@ def _parse_opts(pairs, what: str) -> dict[str, dict[str, Any]]:
 
 
 def _load_model(name: str, device: str):
-    from .models import load_model
+    from ..models import load_model
 
     return load_model(name, device=device)
 
 
 def _collect(directory: Path | None, limit: int | None, spec):
     """[(name, pixels)], labels, [(name, reason)] skipped."""
-    from . import data
+    from .. import data
 
     items, skipped, labels = [], [], {}
     if directory is None:
@@ -93,13 +93,14 @@ def _collect(directory: Path | None, limit: int | None, spec):
 
 def write_report(out: Path, rows, curves, methods, metrics, title: str) -> None:
     """summary.md (mean and 95% interval per method and metric) and the plots."""
-    from .evaluation import METRICS, summarize
+    from ..evaluation.run import summarize
+    from ..metrics.registry import METRICS
 
     summ = summarize(rows, methods, metrics)
     lines = [f"# {title}", "",
              "Mean over images and 95% Student-t interval. "
-             + ", ".join(f"{m} {'higher' if METRICS[m] else 'lower'} is better" for m in metrics) + ".", ""]
-    head = "| method | " + " | ".join(f"{m} {'↑' if METRICS[m] else '↓'}" for m in metrics) + " |"
+             + ", ".join(f"{m} {METRICS[m].direction} is better" for m in metrics) + ".", ""]
+    head = "| method | " + " | ".join(f"{m} {METRICS[m].arrow}" for m in metrics) + " |"
     lines += [head, "|" + "---|" * (len(metrics) + 1)]
     for meth in methods:
         cells = []
@@ -206,16 +207,18 @@ def register(main: click.Group) -> None:
         (long format), OUT/summary.md, OUT/curves.png, OUT/bars.png and OUT/timings.csv."""
         from tqdm import tqdm
 
-        from . import evaluation as ev
-        from .cli import resolve_device
-        from .models import get_preprocessing
+        from ..evaluation import run as ev
+        from ..evaluation import variants
+        from ..metrics.registry import METRICS
+        from . import resolve_device
+        from ..models import get_preprocessing
 
         if list_only:
-            click.echo("methods: " + ", ".join(ev.available_methods()))
-            click.echo("metrics: " + ", ".join(ev.METRICS))
+            click.echo("methods: " + ", ".join(variants.available()))
+            click.echo("metrics: " + ", ".join(METRICS))
             return
         if backend == "ray":
-            from .distributed import RAY_MISSING, ray_available
+            from ..evaluation.ray import RAY_MISSING, ray_available
 
             if not ray_available():
                 raise click.ClickException(RAY_MISSING)
@@ -237,7 +240,7 @@ def register(main: click.Group) -> None:
         meths = [m.strip() for m in methods.split(",") if m.strip()]
         mets = [m.strip() for m in metrics.split(",") if m.strip()]
         if skip_missing:
-            missing = [m for m in meths if not ev.method_available(m)]
+            missing = [m for m in meths if not variants.is_available(m)]
             for m in missing:
                 click.echo(f"skipping method {m}: not registered in this version", err=True)
             meths = [m for m in meths if m not in missing]
@@ -248,7 +251,7 @@ def register(main: click.Group) -> None:
         try:
             ev.check_names(meths, mets)
             for name in meths:
-                ev.resolve_method(name, mo)
+                variants.resolve(name, mo)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--methods/--metrics/--option") from None
         if limit is not None and limit < 1:
@@ -319,7 +322,7 @@ def register(main: click.Group) -> None:
         with tqdm(total=len(items) * len(meths), desc="evaluate", unit="img x method", disable=None) as bar:
             try:
                 if backend == "ray":
-                    from .distributed import evaluate_images_ray
+                    from ..evaluation.ray import evaluate_images_ray
 
                     evaluate_images_ray(model, items, meths, mets, seed=seed, labels=labels, target=target,
                                         method_options=mo, metric_options=ko, block_size=block_size, done=done,

@@ -16,17 +16,17 @@ def register(main: click.Group) -> None:
                   help="Largest accepted upload.")
     def serve_cmd(host, port, model, device, max_upload_mb):
         """Start the web explorer: upload a photo, compare saliency maps, download them."""
-        from .cli import resolve_device
+        from . import resolve_device
 
         device = resolve_device(device)
         try:
             import uvicorn
 
-            from .web.app import LOOPBACK_HOSTS, create_app, is_loopback
+            from ..web.app import LOOPBACK_HOSTS, create_app, is_loopback
         except ImportError as e:  # pragma: no cover - declared dependencies
             raise click.ClickException(f"the web explorer needs starlette and uvicorn ({e}); "
                                        f"reinstall saliencekit") from None
-        from .models import load_model
+        from ..models import load_model
 
         try:
             net = load_model(model, device=device)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from .. import data, visualize
-from ..api import explain, methods_info
+from ..api import explain, list_methods
 from ..models import class_names, get_preprocessing
 
 # ---- limits (all overridable through Explorer / create_app) -----------------------------------
@@ -328,7 +328,7 @@ class Explorer:
 
     def info(self) -> Dict[str, Any]:
         methods = {}
-        for name, meta in methods_info().items():
+        for name, meta in list_methods(details=True).items():
             params = {}
             for k, default in meta["defaults"].items():
                 if k in PARAMS and k not in HIDDEN_PARAMS.get(name, ()):
@@ -425,7 +425,7 @@ class Explorer:
             raise InputError("methods: choose at least one method.")
         if len(raw_methods) > MAX_METHODS_PER_RUN:
             raise InputError(f"methods: at most {MAX_METHODS_PER_RUN} methods per run.")
-        registry = methods_info()
+        registry = list_methods(details=True)
         methods: List[Tuple[str, Dict[str, Any]]] = []
         for item in raw_methods:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
@@ -502,7 +502,7 @@ class Explorer:
                 progress(min(1.0, done_stages / stages), label)
 
         for idx, (name, opts) in enumerate(req.methods):
-            full = dict(methods_info()[name]["defaults"])
+            full = dict(list_methods(details=True)[name]["defaults"])
             full.update(opts)
             expected = _estimate_rows(name, full)
             rows = [0]

@@ -18,8 +18,8 @@ def register(main):
         """
         import torch
 
-        from .methods.cam import find_cam_layer, layer_outputs
-        from .models import get_preprocessing, load_model
+        from ..core.layers import find_cam_layer, layer_outputs
+        from ..models import get_preprocessing, load_model
 
         try:
             net = load_model(model)

@@ -110,7 +110,7 @@ def write_block(out_dir: Path, index: int, result) -> None:
 
 def read_block(out_dir: Path, index: int):
     """The EvalResult stored for a block, or None when the block is not (completely) on disk."""
-    from .evaluation import EvalResult
+    from .run import EvalResult
 
     if not block_path(out_dir, index).is_file():
         return None
@@ -219,9 +219,9 @@ def evaluate_block(model, images: Sequence[Tuple[str, Any]], **config):
     """
     import torch
 
-    from . import data
-    from .evaluation import evaluate_images
-    from .models import get_preprocessing
+    from .. import data
+    from .run import evaluate_images
+    from ..models import get_preprocessing
 
     spec = get_preprocessing(model)
     imgs = [(n, s if isinstance(s, torch.Tensor) else data.load_images(s, preprocessing=spec, normalize=False)[0])
@@ -248,7 +248,7 @@ class BlockWorker:
         if threads:
             torch.set_num_threads(int(threads))
         if isinstance(model, str):
-            from .models import load_model
+            from ..models import load_model
 
             self.model = load_model(model, device=device)
         else:  # a picklable zero-argument factory
@@ -501,11 +501,12 @@ def evaluate_images_ray(model: Any, images: Sequence[Tuple[str, Any]], methods: 
     and configuration takes them from there. ``(image, method)`` pairs in ``done`` are skipped as
     in the local core. The returned rows are in the local backend's block order.
     """
-    from . import evaluation as ev
+    from . import run as ev
+    from . import variants
 
     ev.check_names(methods, metrics)
     for name in methods:
-        ev.resolve_method(name, method_options)
+        variants.resolve(name, method_options)
     if target not in ("predicted", "label"):
         raise ValueError(f"target: expected 'predicted' or 'label', got {target!r}")
     if not isinstance(model, str) and not callable(model):

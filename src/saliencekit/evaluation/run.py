@@ -5,9 +5,9 @@
 AUPC) is keyed by a stable id derived from its name, so any split of the images into blocks or
 shards (e.g. a later Ray backend) gives the same rows.
 
-Evaluation methods are names in ``EVAL_METHODS`` (variants of registered methods, e.g.
-``smoothgrad_square`` or ``ig_blur``), any registered method name, or ``random`` (a seeded
-uniform map, the baseline every faithful method should beat).
+Evaluation methods are the names of ``evaluation.variants`` (every registered method, the variants
+its spec declares, e.g. ``smoothgrad_square`` or ``ig_blur``, and ``random``, a seeded uniform
+map). Metrics are the names of the metric registry (``metrics.registry``).
 
 Maps given to the metrics: the method's default heatmap (``Explanation.heatmap()``), except
 ``original`` (max over channels of |gradient|, Llorente et al.) and signed methods (SmoothTaylor),
@@ -28,82 +28,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import metrics as M
-from . import noise
-from .methods.base import REGISTRY
-from .models import get_preprocessing
-
-# evaluation name -> (registered method, options, heatmap overrides)
-EVAL_METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
-    "gradient": ("gradient", {}, {}),
-    "gradient_x_input": ("gradient_x_input", {}, {}),
-    "smoothgrad": ("smoothgrad", {"estimator": "mean"}, {}),
-    "smoothgrad_square": ("smoothgrad", {"estimator": "square"}, {}),
-    "smoothgrad_var": ("smoothgrad", {"estimator": "var"}, {}),
-    "ig_black": ("integrated_gradients", {"baseline": "black"}, {}),
-    "ig_blur": ("integrated_gradients", {"baseline": "blur"}, {}),
-    "smoothtaylor": ("smoothtaylor", {}, {}),
-    "smoothtaylor_adaptive": ("smoothtaylor", {"noise_scale": "adaptive"}, {}),
-    "original": ("gradient", {}, {"channels": "max", "clip": None}),
-    "positive": ("positive", {}, {}),
-    "negative": ("negative", {}, {}),
-    "active": ("active", {}, {}),
-    "inactive": ("inactive", {}, {}),
-    "gradcam": ("gradcam", {}, {}),
-    "gradcampp": ("gradcampp", {}, {}),
-    "smoothgradcampp": ("smoothgradcampp", {}, {}),
-    "igos": ("igos", {}, {}),
-}
-RANDOM = "random"
-WHITE_DELETION = ("negative", "inactive")  # allegiance mode "white" for these, "black" otherwise
-
-# metric name -> (higher is better?)
-METRICS: dict[str, bool] = {
-    "deletion": False, "insertion": True, "deletion_igos": False, "insertion_igos": True,
-    "aupc": False, "autvc": False, "allegiance": False,
-    "average_drop": False, "increase_in_confidence": True,
-}
-CURVE_METRICS = ("deletion", "insertion", "deletion_igos", "insertion_igos")
+from ..api import explain
+from ..core import noise
+from ..core.speed import set_defaults
+from ..metrics import registry as metric_registry
+from ..metrics._common import guarded, outputs
+from ..models import get_preprocessing
+from . import variants
 
 
 def image_id(name: str) -> int:
     """A stable 31-bit id for an image name (keys its noise)."""
     return zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF
-
-
-def method_available(name: str) -> bool:
-    if name == RANDOM:
-        return True
-    base = EVAL_METHODS.get(name, (name,))[0]
-    return base in REGISTRY
-
-
-def resolve_method(name: str, method_options: dict[str, dict[str, Any]] | None = None):
-    """(registered method, options, heatmap overrides) for an evaluation name."""
-    if name == RANDOM:
-        return RANDOM, {}, {}
-    if name in EVAL_METHODS:
-        base, opts, hm = EVAL_METHODS[name]
-    elif name in REGISTRY:
-        base, opts, hm = name, {}, {}
-    else:
-        raise ValueError(f"methods: unknown method {name!r}; available: "
-                         f"{', '.join(sorted(set(available_methods())))}")
-    if base not in REGISTRY:
-        raise ValueError(f"methods: {name!r} needs the method {base!r}, which is not registered in this version")
-    opts = dict(opts)
-    mo = method_options or {}
-    for key in (base, name):  # options for the registered method, then for the evaluation name
-        for k, v in (mo.get(key) or {}).items():
-            if k in REGISTRY[base].defaults:
-                opts[k] = v
-            elif key == name:
-                raise ValueError(f"method option {name}.{k}: {base!r} has no option {k!r}")
-    return base, opts, dict(hm)
-
-
-def available_methods() -> list[str]:
-    return [n for n in list(EVAL_METHODS) + sorted(REGISTRY) + [RANDOM] if method_available(n)]
 
 
 @dataclass
@@ -122,16 +58,14 @@ def _fit(m: torch.Tensor, hw) -> torch.Tensor:
     return m.float()
 
 
-def _maps(model, x, x01, name, classes, ids, seed, method_options, batch_size):
+def _maps(model, x, name, classes, ids, seed, method_options, batch_size):
     """(metric map B x H x W, TV map B x H x W, extras per image) for one method on one block."""
     hw = x.shape[-2:]
-    if name == RANDOM:
+    if name == variants.RANDOM:
         m = torch.stack([noise.uniform(tuple(hw), seed, i, 0, stream=noise.STREAM_METRIC + 1000, device=x.device)
                          for i in ids])
         return m, m, [{} for _ in ids]
-    from .api import explain
-
-    base, opts, hm = resolve_method(name, method_options)
+    base, opts, hm, _ = variants.resolve(name, method_options)
     e = explain(model, x, base, target=classes, seed=seed, image_ids=ids, batch_size=batch_size,
                 keep_inputs=False, **opts)
     if hm:
@@ -151,37 +85,11 @@ def _maps(model, x, x01, name, classes, ids, seed, method_options, batch_size):
     return heat, tv, extras
 
 
-def _metric(model, metric, x, x01, heat, tv, classes, ids, name, seed, opts, batch_size):
-    """(values B, curves B x P or None)."""
-    if metric in ("deletion", "insertion", "deletion_igos", "insertion_igos"):
-        fn = M.deletion if metric.startswith("deletion") else M.insertion
-        kw = dict(opts)
-        if metric.endswith("_igos"):
-            kw["protocol"] = "igos"
-        r = fn(model, x, heat, target=classes, return_curves=True, batch_size=batch_size, **kw)
-        return r.auc, r.curves
-    if metric == "aupc":
-        r = M.aupc(model, x, heat, target=classes, seed=seed, image_ids=ids, return_curves=True,
-                   batch_size=batch_size, **opts)
-        return r["auc"], None
-    if metric == "autvc":
-        return M.total_variation(tv, **opts)["autvc"], None
-    if metric == "allegiance":
-        mode = "white" if name in WHITE_DELETION else "black"
-        return M.allegiance(model, x01, heat, mode=mode, batch_size=batch_size, **opts), None
-    if metric == "average_drop":
-        return M.average_drop(model, x, heat, target=classes, batch_size=batch_size, **opts), None
-    if metric == "increase_in_confidence":
-        return M.increase_in_confidence(model, x, heat, target=classes, batch_size=batch_size, **opts), None
-    raise ValueError(f"metrics: unknown metric {metric!r}; available: {', '.join(METRICS)}")
-
-
 def check_names(methods: Sequence[str], metrics: Sequence[str]) -> None:
     for m in methods:
-        resolve_method(m)
+        variants.resolve(m)
     for k in metrics:
-        if k not in METRICS:
-            raise ValueError(f"metrics: unknown metric {k!r}; available: {', '.join(METRICS)}")
+        metric_registry.get(k)
 
 
 def evaluate_images(model, images: Sequence[tuple[str, torch.Tensor]], methods: Sequence[str],
@@ -208,13 +116,11 @@ def evaluate_images(model, images: Sequence[tuple[str, torch.Tensor]], methods: 
         raise ValueError(f"block_size: expected a positive int, got {block_size!r}")
     mopts = metric_options or {}
     for k in mopts:
-        if k not in METRICS:
+        if k not in metric_registry.METRICS:
             raise ValueError(f"metric_options: unknown metric {k!r}")
     done = done or set()
     if not isinstance(channels_last, bool):
         raise TypeError(f"channels_last: expected True or False, got {type(channels_last).__name__}")
-    from .perf import set_defaults
-
     # results must be reproducible byte for byte across processes: the automatic chunk size may
     # come from a timing calibration (which can differ run to run, and float32 convolutions round
     # differently per chunk size), so evaluation pins the deterministic fixed rule
@@ -242,10 +148,11 @@ def _evaluate_blocks(model, images, methods, metrics, seed, labels, target, meth
                 raise ValueError(f"target: 'label' needs a label for every image (none for {missing!r})")
             classes_all = torch.tensor([labels[n] for n in names], device=dev)
         else:
-            with M._common.guarded(model):
-                classes_all = torch.cat([M._common.outputs(model, x[k:k + 1]).argmax(1) for k in range(len(names))])
+            with guarded(model):
+                classes_all = torch.cat([outputs(model, x[k:k + 1]).argmax(1) for k in range(len(names))])
         res = EvalResult()
         for name in methods:
+            variant_metric_options = variants.resolve(name)[3]
             sel = [k for k, n in enumerate(names) if (n, name) not in done]
             # one image at a time: every forward chunk holds rows of a single image, so the values
             # (to the last bit) do not depend on which images share the block
@@ -253,15 +160,19 @@ def _evaluate_blocks(model, images, methods, metrics, seed, labels, target, meth
                 xs, x01s, cls = x[k:k + 1], x01[k:k + 1], classes_all[k:k + 1]
                 ids = [image_id(names[k])]
                 t0 = time.perf_counter()
-                heat, tv, extras = _maps(model, xs, x01s, name, cls, ids, seed, method_options, batch_size)
+                heat, tv, extras = _maps(model, xs, name, cls, ids, seed, method_options, batch_size)
                 res.timings.append({"image": names[k], "method": name, "stage": "explain",
                                     "seconds": time.perf_counter() - t0})
                 for key, v in extras[0].items():
                     res.extras.append({"image": names[k], "method": name, "key": key, "value": float(v)})
+                judged = metric_registry.Judged(model=model, x=xs, x01=x01s, heat=heat, tv=tv, classes=cls,
+                                                image_ids=ids, seed=seed, batch_size=batch_size)
                 for metric in metrics:
                     t0 = time.perf_counter()
-                    vals, curves = _metric(model, metric, xs, x01s, heat, tv, cls, ids, name, seed,
-                                           dict(mopts.get(metric) or {}), batch_size)
+                    spec = metric_registry.get(metric)
+                    opts = dict(variant_metric_options.get(metric) or {})
+                    opts.update(mopts.get(metric) or {})
+                    vals, curves = spec.judge(judged, opts)
                     res.rows.append({"image": names[k], "class_index": int(cls[0]), "method": name,
                                      "metric": metric, "value": float(vals.detach().double().cpu()[0])})
                     res.timings.append({"image": names[k], "method": name, "stage": metric,
@@ -310,5 +221,4 @@ def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None = No
     return out
 
 
-__all__ = ["EVAL_METHODS", "METRICS", "EvalResult", "available_methods", "evaluate_images", "image_id",
-           "method_available", "resolve_method", "summarize"]
+__all__ = ["EvalResult", "check_names", "evaluate_images", "image_id", "summarize"]

@@ -19,7 +19,8 @@ import torch
 from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 
-from ._common import check_model, check_x, guarded, resolve_target
+from ..api import explain
+from ..metrics._common import check_model, check_x, guarded, resolve_target
 
 
 def parameter_layers(model: torch.nn.Module) -> list[str]:
@@ -36,8 +37,6 @@ def _randomise(module: torch.nn.Module, gen: torch.Generator) -> None:
 
 
 def _map(model, x, method, classes, seed, options) -> np.ndarray:
-    from ..api import explain
-
     e = explain(model, x, method, target=classes, seed=seed, keep_inputs=False, **options)
     return e.heatmap().detach().float().cpu().numpy()
 

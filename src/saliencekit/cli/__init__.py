@@ -57,9 +57,9 @@ def main():
 @main.command("methods")
 def methods_cmd():
     """List the methods and their default options."""
-    from . import methods
+    from ..api import list_methods
 
-    for name, info in methods().items():
+    for name, info in list_methods(details=True).items():
         opts = ", ".join(f"{k}={v!r}" for k, v in info["defaults"].items()) or "(no options)"
         first = info["doc"].splitlines()[0] if info["doc"] else ""
         click.echo(f"{name}\n    {first}\n    options: {opts}")
@@ -84,9 +84,9 @@ def explain_cmd(images, method_names, model, target, out_dir, seed, device, batc
     import torch
     from tqdm import tqdm
 
-    from . import data, explain, visualize
-    from .api import REGISTRY
-    from .models import class_names, get_preprocessing, load_model
+    from .. import data, explain, visualize
+    from ..methods import REGISTRY
+    from ..models import class_names, get_preprocessing, load_model
 
     device = resolve_device(device)
     names = list(method_names) or list(DEFAULT_METHODS)
@@ -172,11 +172,11 @@ def _register_optional_commands():
     """Commands that live in their own modules (layers, evaluate, bench, serve) attach here."""
     import importlib
 
-    for mod in ("cli_layers", "cli_evaluate", "cli_bench", "cli_serve"):
+    for mod in ("layers", "evaluate", "bench", "serve"):
         try:
-            m = importlib.import_module(f"saliencekit.{mod}")
+            m = importlib.import_module(f"saliencekit.cli.{mod}")
         except ModuleNotFoundError as e:
-            if e.name == f"saliencekit.{mod}":
+            if e.name == f"saliencekit.cli.{mod}":
                 continue
             raise
         m.register(main)

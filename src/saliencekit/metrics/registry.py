@@ -1,0 +1,92 @@
+"""The metric registry: one entry per name that ``evaluate``, the web explorer and the CLI offer.
+
+Each metric module registers its entries with :func:`register`: the public function, which
+direction is better, whether it yields a curve or a scalar, whether it perturbs pixels in model
+space or in [0, 1] pixel space, the options it fixes (``deletion_igos`` is ``deletion`` with
+``protocol="igos"``), and ``judge``: how it is applied to one evaluated map (:class:`Judged`).
+Adding a metric is one module in ``metrics/`` that registers itself here.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Judged:
+    """One evaluated map and what a metric may need to judge it (a batch of images, usually one)."""
+
+    model: nn.Module
+    x: torch.Tensor                  # model space, B x C x H x W
+    x01: torch.Tensor                # pixels in [0, 1]
+    heat: torch.Tensor               # the map judged, B x H x W (see evaluation.run for which map)
+    tv: torch.Tensor                 # the map whose noise level is measured (signed channel sum)
+    classes: torch.Tensor            # the explained class per image
+    image_ids: List[int]             # keys of each image's noise
+    seed: int
+    batch_size: Optional[int] = None
+
+
+# (per-image values B, curves B x P or None)
+Outcome = Tuple[torch.Tensor, Optional[torch.Tensor]]
+
+
+@dataclass
+class MetricSpec:
+    name: str
+    fn: Callable
+    higher_is_better: bool
+    kind: str                        # "curve" | "scalar"
+    space: str                       # "model" | "pixel": where the metric perturbs the image
+    judge: Callable[[Judged, Dict[str, Any]], Outcome]
+    options: Mapping[str, Any] = field(default_factory=dict)   # fixed options of this entry
+    doc: str = ""
+    default: bool = False            # in ``saliencekit evaluate``'s default set
+
+    @property
+    def arrow(self) -> str:
+        return "↑" if self.higher_is_better else "↓"
+
+    @property
+    def direction(self) -> str:
+        return "higher" if self.higher_is_better else "lower"
+
+
+METRICS: Dict[str, MetricSpec] = {}
+KINDS = ("curve", "scalar")
+SPACES = ("model", "pixel")
+
+
+def register(name: str, *, fn: Callable, higher_is_better: bool, kind: str, space: str,
+             judge: Callable[[Judged, Dict[str, Any]], Outcome], options: Optional[Mapping[str, Any]] = None,
+             doc: str = "", default: bool = False) -> MetricSpec:
+    if kind not in KINDS:
+        raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+    if space not in SPACES:
+        raise ValueError(f"space: expected one of {', '.join(SPACES)}, got {space!r}")
+    first = (fn.__doc__ or "").strip().splitlines()
+    spec = MetricSpec(name, fn, bool(higher_is_better), kind, space, judge, dict(options or {}),
+                      doc or (first[0] if first else ""), default)
+    METRICS[name] = spec
+    return spec
+
+
+def defaults() -> List[str]:
+    """The metrics ``saliencekit evaluate`` computes when none are given."""
+    return [n for n, s in METRICS.items() if s.default]
+
+
+def get(name) -> MetricSpec:
+    if not isinstance(name, str) or name not in METRICS:
+        close = difflib.get_close_matches(str(name), list(METRICS), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"metrics: unknown metric {name!r}{hint}; available: {', '.join(METRICS)}")
+    return METRICS[name]
+
+
+__all__ = ["Judged", "MetricSpec", "METRICS", "defaults", "register", "get"]
