@@ -10,18 +10,18 @@ from scipy.stats import spearmanr
 from torch import nn
 
 import saliencekit as sk
-from saliencekit import perf
+from saliencekit.core import allocator, chunking, speed
 
 from conftest import assert_same_state, model_state
 
 
 @pytest.fixture(autouse=True)
 def _fresh_perf_state():
-    old = perf.get_defaults()
-    perf.clear_cache()
+    old = speed.get_defaults()
+    chunking.clear_cache()
     yield
-    perf.set_defaults(old)
-    perf.clear_cache()
+    speed.set_defaults(old)
+    chunking.clear_cache()
 
 
 class Recorder(nn.Module):
@@ -73,8 +73,8 @@ class Clocked(nn.Module):
 def scripted(monkeypatch):
     """Start size 4 for 3x16x16 images; the calibrator reads the virtual clock."""
     clock = [0.0]
-    monkeypatch.setattr(perf, "_CPU_ELEMENTS_PER_CHUNK", 4 * 3 * 16 * 16)
-    monkeypatch.setattr(perf.Calibrator, "timer", staticmethod(lambda: clock[0]))
+    monkeypatch.setattr(chunking, "_CPU_ELEMENTS_PER_CHUNK", 4 * 3 * 16 * 16)
+    monkeypatch.setattr(chunking.Calibrator, "timer", staticmethod(lambda: clock[0]))
     return clock
 
 
@@ -89,8 +89,8 @@ def test_online_calibration_with_scripted_costs(scripted):
     assert [r for r, _ in m.seen] == [4, 4, 4, 4, 8, 8, 4, 8] + [8] * 7
     #         contiguous, CL | 8 faster | 4 and 8 (within 1.5x) again, warm | the rest at 8
     assert [c for _, c in m.seen] == [False, False] + [True] * 13
-    key = perf.cache_key(x, perf.get_defaults())
-    assert perf.cached_chunk(m, key) == 8 and perf._LAYOUT[m][key] is True
+    key = chunking.cache_key(x, speed.get_defaults())
+    assert chunking.cached_chunk(m, key) == 8 and chunking._LAYOUT[m][key] is True
     assert_same_state(before, model_state(m))
     m.seen.clear()
     e2 = sk.explain(m, x, "smoothgrad", n_samples=100, seed=1, target=0)   # from the cache
@@ -108,7 +108,7 @@ def test_online_calibration_halves_when_doubling_is_slower(scripted):
     sk.explain(m, x, "smoothgrad", n_samples=100, target=0)
     # 8 is slower than 4: try 2 (faster), then 1 (slower); then 1 and 2 (within 1.5x of 2) again
     assert [r for r, _ in m.seen][:12] == [4, 4, 4, 4, 8, 8, 2, 2, 1, 1, 1, 2]
-    assert perf.cached_chunk(m, perf.cache_key(x, perf.get_defaults())) == 2
+    assert chunking.cached_chunk(m, chunking.cache_key(x, speed.get_defaults())) == 2
 
 
 def test_a_cold_first_probe_is_corrected_by_the_warm_retiming(scripted):
@@ -124,7 +124,7 @@ def test_a_cold_first_probe_is_corrected_by_the_warm_retiming(scripted):
     m = Clocked(3.0, cl_cost, scripted)
     x = torch.randn(1, 3, 16, 16)
     sk.explain(m, x, "smoothgrad", n_samples=100, target=0)
-    assert perf.cached_chunk(m, perf.cache_key(x, perf.get_defaults())) == 4
+    assert chunking.cached_chunk(m, chunking.cache_key(x, speed.get_defaults())) == 4
 
 
 @pytest.mark.parametrize("cl_cost,expected", [(0.5, True), (0.97, False), (2.0, False)])
@@ -133,8 +133,8 @@ def test_auto_layout_keeps_channels_last_only_when_clearly_faster(scripted, cl_c
     ptrs = [p.data_ptr() for p in m.parameters()]
     x = torch.randn(1, 3, 16, 16)
     sk.explain(m, x, "smoothgrad", n_samples=100, target=0)
-    key = perf.cache_key(x, perf.get_defaults())
-    assert perf._LAYOUT[m][key] is expected
+    key = chunking.cache_key(x, speed.get_defaults())
+    assert chunking._LAYOUT[m][key] is expected
     assert all(cl is expected for _, cl in m.seen[4:])     # after the two layout probes
     assert [p.data_ptr() for p in m.parameters()] == ptrs and m.conv.weight.is_contiguous()
     m.seen.clear()
@@ -150,7 +150,7 @@ def test_fixed_layout_calibrates_only_the_size(scripted):
     m.seen.clear()
     sk.explain(m, x, "smoothgrad", n_samples=100, target=0, channels_last=True)
     assert all(cl for _, cl in m.seen)
-    assert len(perf._LAYOUT.get(m, {})) == 0   # nothing to decide: no layout cached
+    assert len(chunking._LAYOUT.get(m, {})) == 0   # nothing to decide: no layout cached
 
 
 def test_calibration_with_real_timing_is_consistent_and_cached(tiny_cnn):
@@ -158,12 +158,12 @@ def test_calibration_with_real_timing_is_consistent_and_cached(tiny_cnn):
     cached choice is what later calls use."""
     m = Recorder(tiny_cnn)
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    start = perf.calibration_start(x, 10 ** 6)
-    n = perf.MIN_CALIBRATION_CHUNKS * start
+    start = chunking.calibration_start(x, 10 ** 6)
+    n = chunking.MIN_CALIBRATION_CHUNKS * start
     e1 = sk.explain(m, x, "smoothgrad", n_samples=n, seed=1)
     assert sum(m.sizes) == n and m.sizes[:2] == [start, start]
-    key = perf.cache_key(x, perf.get_defaults())
-    chosen = perf.cached_chunk(m, key)
+    key = chunking.cache_key(x, speed.get_defaults())
+    chosen = chunking.cached_chunk(m, key)
     assert chosen in set(m.sizes[:-1])
     m.sizes.clear()
     e2 = sk.explain(m, x, "smoothgrad", n_samples=n, seed=1)
@@ -175,22 +175,22 @@ def test_calibration_with_real_timing_is_consistent_and_cached(tiny_cnn):
 
 def test_calibration_start_and_threshold():
     x224 = torch.zeros(1, 3, 224, 224)
-    assert perf.calibration_start(x224, 31) is None
-    assert perf.calibration_start(x224, 32) == 4          # the fixed rule's 4 images, 8 chunks of them
-    assert perf.calibration_start(torch.zeros(1, 3, 448, 448), 8) == 1
-    assert perf.calibration_start(torch.zeros(1, 3, 16, 16), 511) is None   # 64-row chunks: 512 rows
-    assert perf.calibration_start(torch.zeros(1, 3, 16, 16), 512) == 64
+    assert chunking.calibration_start(x224, 31) is None
+    assert chunking.calibration_start(x224, 32) == 4          # the fixed rule's 4 images, 8 chunks of them
+    assert chunking.calibration_start(torch.zeros(1, 3, 448, 448), 8) == 1
+    assert chunking.calibration_start(torch.zeros(1, 3, 16, 16), 511) is None   # 64-row chunks: 512 rows
+    assert chunking.calibration_start(torch.zeros(1, 3, 16, 16), 512) == 64
 
 
 def test_small_calls_do_not_calibrate(tiny_cnn, monkeypatch):
-    monkeypatch.setattr(perf, "Calibrator", lambda *a, **k: pytest.fail("calibrated a small call"))
+    monkeypatch.setattr(chunking, "Calibrator", lambda *a, **k: pytest.fail("calibrated a small call"))
     sk.explain(tiny_cnn, torch.randn(2, 3, 16, 16), "smoothgrad", n_samples=10)
-    perf.set_defaults(calibrate=False)
+    speed.set_defaults(calibrate=False)
     sk.explain(tiny_cnn, torch.randn(1, 3, 16, 16), "smoothgrad", n_samples=1000)
 
 
 def test_batch_size_override_is_respected(tiny_cnn, monkeypatch):
-    monkeypatch.setattr(perf, "Calibrator", lambda *a, **k: pytest.fail("calibrated despite batch_size"))
+    monkeypatch.setattr(chunking, "Calibrator", lambda *a, **k: pytest.fail("calibrated despite batch_size"))
     m = Recorder(tiny_cnn)
     x = torch.randn(2, 3, 16, 16)
     sk.explain(m, x, "smoothgrad", n_samples=50, batch_size=7)
@@ -209,7 +209,7 @@ def test_oom_halves_and_retries_with_the_same_result(tiny_cnn):
     e = sk.explain(m, x, "smoothgrad", n_samples=10, seed=7)     # safe rule: 20 rows -> 10 -> 5 -> 2
     assert m.sizes[:3] == [20, 10, 5]
     assert m.sizes[3:] == [2] * 10
-    assert perf.cached_chunk(m, perf.cache_key(x, perf.get_defaults())) == 2
+    assert chunking.cached_chunk(m, chunking.cache_key(x, speed.get_defaults())) == 2
     ref = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=10, seed=7, batch_size=2)
     assert torch.equal(e.attributions, ref.attributions)
     assert_same_state(before, model_state(tiny_cnn))
@@ -232,10 +232,10 @@ def test_oom_at_one_row_is_raised(tiny_cnn):
 
 def test_cuda_rows_from_free_memory():
     mib = 1 << 20
-    assert perf.cuda_rows_from_memory(1000 * mib, 10 * mib, 10_000) == 64       # 80 rows fit -> 64
-    assert perf.cuda_rows_from_memory(1000 * mib, 10 * mib, 50) == 50           # all rows fit
-    assert perf.cuda_rows_from_memory(5 * mib, 10 * mib, 100) == 1              # never below one row
-    assert perf.cuda_rows_from_memory(10 ** 15, 1, 10 ** 6) == perf.CUDA_MAX_ROWS
+    assert chunking.cuda_rows_from_memory(1000 * mib, 10 * mib, 10_000) == 64       # 80 rows fit -> 64
+    assert chunking.cuda_rows_from_memory(1000 * mib, 10 * mib, 50) == 50           # all rows fit
+    assert chunking.cuda_rows_from_memory(5 * mib, 10 * mib, 100) == 1              # never below one row
+    assert chunking.cuda_rows_from_memory(10 ** 15, 1, 10 ** 6) == chunking.CUDA_MAX_ROWS
 
 
 # ---- precision, memory format, compile ---------------------------------------------------------
@@ -355,9 +355,9 @@ class FakeLibc:
 
 def test_retain_memory_during_a_cpu_call_and_release_after(tiny_cnn, monkeypatch):
     fake = FakeLibc()
-    monkeypatch.setattr(perf, "_libc", fake)
+    monkeypatch.setattr(allocator, "_libc", fake)
     seen_depth = []
-    h = tiny_cnn.register_forward_pre_hook(lambda m, a: seen_depth.append(perf._retain_depth))
+    h = tiny_cnn.register_forward_pre_hook(lambda m, a: seen_depth.append(allocator._depth))
     try:
         sk.explain(tiny_cnn, torch.randn(1, 3, 16, 16), "smoothgrad", n_samples=4)
     finally:
@@ -365,10 +365,10 @@ def test_retain_memory_during_a_cpu_call_and_release_after(tiny_cnn, monkeypatch
     assert seen_depth and set(seen_depth) == {1}        # every forward ran inside the block
     assert fake.calls == [("mallopt", -3, 32 << 20), ("mallopt", -1, (1 << 31) - 1),   # no mmap <= 32 MiB, no trim
                           ("mallopt", -1, 64 << 20)]                                # glibc's steady trim value
-    assert perf._retain_depth == 0
+    assert allocator._depth == 0
     fake.calls.clear()
-    with perf.retained_memory():                        # nested blocks (e.g. a metric inside a call) share one
-        with perf.retained_memory():
+    with allocator.retained_memory():                        # nested blocks (e.g. a metric inside a call) share one
+        with allocator.retained_memory():
             pass
         assert len(fake.calls) == 2
     assert len(fake.calls) == 3
@@ -377,18 +377,18 @@ def test_retain_memory_during_a_cpu_call_and_release_after(tiny_cnn, monkeypatch
     metrics.deletion(tiny_cnn, torch.randn(1, 3, 16, 16), torch.rand(1, 16, 16), step=64)
     assert len(fake.calls) == 3                         # the metrics follow the default too
     fake.calls.clear()
-    perf.set_defaults(retain_memory=False)
+    speed.set_defaults(retain_memory=False)
     sk.explain(tiny_cnn, torch.randn(1, 3, 16, 16), "smoothgrad", n_samples=4)
     metrics.deletion(tiny_cnn, torch.randn(1, 3, 16, 16), torch.rand(1, 16, 16), step=64)
     assert fake.calls == []
     with pytest.raises(TypeError, match="retain_memory"):
-        perf.set_defaults(retain_memory="yes")
+        speed.set_defaults(retain_memory="yes")
 
 
 def test_retained_memory_is_a_no_op_without_glibc(monkeypatch):
-    monkeypatch.setattr(perf, "_libc", False)
-    with perf.retained_memory():
-        assert perf._retain_depth == 0
+    monkeypatch.setattr(allocator, "_libc", False)
+    with allocator.retained_memory():
+        assert allocator._depth == 0
 
 
 def test_calibrating_call_with_path_steps_matches_fixed_chunks(scripted):
@@ -411,7 +411,7 @@ def test_metrics_probe_the_layout_on_their_own_first_chunks(scripted, monkeypatc
     from saliencekit import metrics
     from saliencekit.metrics import _common
 
-    monkeypatch.setattr(_common, "_CPU_ELEMENTS", 4 * 3 * 16 * 16)      # 4 rows per scoring chunk
+    monkeypatch.setattr(chunking, "_CPU_ELEMENTS_PER_CHUNK", 4 * 3 * 16 * 16)      # 4 rows per scoring chunk
     m = Clocked(1.0, cl_cost, scripted, count_inference=True)
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     sal = torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(3))
@@ -424,7 +424,7 @@ def test_metrics_probe_the_layout_on_their_own_first_chunks(scripted, monkeypatc
     m.seen.clear()
     d2 = metrics.deletion(m, x, sal, target=[1], step=8)                 # decided: from the cache
     assert all(c is expected for _, c in m.seen)
-    perf.set_defaults(calibrate=False)                                   # as evaluate does: contiguous
+    speed.set_defaults(calibrate=False)                                   # as evaluate does: contiguous
     m.seen.clear()
     d3 = metrics.deletion(m, x, sal, target=[1], step=8)
     assert not any(c for _, c in m.seen)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .core import noise
+from .core.checks import integer, positive_int
 from .models import Preprocessing
 
 CLASSES = ("circle", "square", "triangle", "cross")
@@ -94,10 +95,8 @@ def _one(seed: int, k: int, size: int):
 
 def synthetic_shapes(n: int, seed: int = 0, size: int = 48) -> SyntheticShapes:
     """``n`` images with one class-deciding shape on clutter; see the module docstring."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive int, got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+    positive_int("n", n)
+    integer("seed", seed)
     if isinstance(size, bool) or not isinstance(size, int) or size < 24:
         raise ValueError(f"size: expected an int >= 24, got {size!r}")
     imgs, labels, masks = zip(*(_one(seed, k, size) for k in range(n)))

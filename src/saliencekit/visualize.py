@@ -20,27 +20,10 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from .core.imageops import minmax, percentile
+
 SIGNS = ("abs", "positive", "negative", "signed")
 CHANNEL_REDUCTIONS = ("sum", "max", "mean")
-
-
-def _percentile(v: torch.Tensor, q: float) -> torch.Tensor:
-    """Per-row percentile of a B x N tensor (linear interpolation, like numpy), float32, B x 1.
-
-    Two order statistics by selection (``kthvalue``, O(N)) instead of ``torch.quantile``, which
-    sorts and refuses rows over 2**24 elements.
-    """
-    v = v.float()
-    n = v.shape[1]
-    pos = (float(q) / 100.0) * (n - 1)
-    lo = min(int(pos), n - 1)
-    hi = min(lo + 1, n - 1)
-    frac = pos - lo
-    v_lo = v.kthvalue(lo + 1, dim=1, keepdim=True).values
-    if frac == 0.0 or hi == lo:
-        return v_lo
-    v_hi = v.kthvalue(hi + 1, dim=1, keepdim=True).values
-    return v_lo + frac * (v_hi - v_lo)
 
 
 def heatmap(attr: torch.Tensor, sign: str = "abs", channels: str = "sum", clip: Optional[float] = 99,
@@ -74,7 +57,7 @@ def heatmap(attr: torch.Tensor, sign: str = "abs", channels: str = "sum", clip: 
     flat = m.reshape(b, -1)
     if sign == "signed":
         if clip is not None:
-            span = _percentile(flat.abs(), float(clip))
+            span = percentile(flat.abs(), float(clip))
         else:
             span = flat.abs().amax(1, keepdim=True)
         span = torch.where(span > 0, span, torch.ones_like(span))
@@ -83,14 +66,10 @@ def heatmap(attr: torch.Tensor, sign: str = "abs", channels: str = "sum", clip: 
             out = (out + 1) / 2
         return out.reshape(b, h, w)
     if clip is not None:
-        cap = _percentile(flat, float(clip))
+        cap = percentile(flat, float(clip))
         flat = torch.minimum(flat, cap)
     if normalize:
-        lo = flat.amin(1, keepdim=True)
-        hi = flat.amax(1, keepdim=True)
-        rng = hi - lo
-        flat = torch.where(rng > 0, (flat - lo) / torch.where(rng > 0, rng, torch.ones_like(rng)),
-                           torch.zeros_like(flat))
+        flat = minmax(flat)
     return flat.reshape(b, h, w)
 
 

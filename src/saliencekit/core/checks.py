@@ -17,6 +17,12 @@ def positive_int(name: str, v) -> int:
     return v
 
 
+def integer(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+    return v
+
+
 def optional_positive_int(name: str, v) -> Optional[int]:
     """``None`` or a positive int (chunk sizes, limits)."""
     if v is None:
@@ -79,5 +85,5 @@ def image_batch(x, name: str = "x") -> torch.Tensor:
     return x
 
 
-__all__ = ["positive_int", "optional_positive_int", "nonneg_float", "positive_float", "boolean", "choice", "model",
+__all__ = ["integer", "positive_int", "optional_positive_int", "nonneg_float", "positive_float", "boolean", "choice", "model",
            "image_batch"]

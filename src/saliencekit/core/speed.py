@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .allocator import retained_memory
+from .checks import boolean
 
 PRECISIONS: Dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
@@ -81,12 +82,6 @@ def check_layout(v):
     return v
 
 
-def _check_bool(name: str, v) -> bool:
-    if not isinstance(v, bool):
-        raise TypeError(f"{name}: expected True or False, got {type(v).__name__}")
-    return v
-
-
 def set_defaults(precision=None, channels_last=None, compile=None, calibrate=None,
                  compile_backend=None, retain_memory=None) -> Settings:
     """Set process-wide defaults for ``explain``; returns the previous defaults.
@@ -111,7 +106,7 @@ def set_defaults(precision=None, channels_last=None, compile=None, calibrate=Non
                             f"got {type(compile_backend).__name__}")
         new = replace(new, compile_backend=compile_backend)
     if retain_memory is not None:
-        new = replace(new, retain_memory=_check_bool("retain_memory", retain_memory))
+        new = replace(new, retain_memory=boolean("retain_memory", retain_memory))
     _DEFAULTS = new
     return old
 
@@ -129,9 +124,9 @@ def resolve(precision=None, channels_last=None, compile=None, calibrate=None) ->
     if channels_last is not None:
         kw["channels_last"] = check_layout(channels_last)
     if compile is not None:
-        kw["compile"] = _check_bool("compile", compile)
+        kw["compile"] = boolean("compile", compile)
     if calibrate is not None:
-        kw["calibrate"] = _check_bool("calibrate", calibrate)
+        kw["calibrate"] = boolean("calibrate", calibrate)
     return replace(s, **kw)
 
 

@@ -184,3 +184,30 @@ class CustomScore:
             raise ValueError("target: a callable target must return one score per row "
                              f"(a 1-D tensor of length {outputs.shape[0]})")
         return s
+class RecordingScore:
+    """Wraps a score: the engine uses it like the score, and it keeps what each chunk produced: the
+    selected scores (``values``, one tensor per chunk, rows in the engine's order) and, with ``site``
+    and ``keep_activations``, the site layer's output per image (``activations[image]``)."""
+
+    def __init__(self, score, site=None, keep_activations: bool = False):
+        self.score = score
+        self.site = site
+        self.keep_activations = keep_activations
+        extra = (site,) if site is not None else ()
+        self.layers = tuple(dict.fromkeys(extra + tuple(getattr(score, "layers", ()) or ())))
+        self.values: list[torch.Tensor] = []
+        self.activations: dict[int, torch.Tensor] = {}
+
+    def rows(self, outputs: torch.Tensor, image_index: torch.Tensor, captures=None) -> torch.Tensor:
+        if self.keep_activations:
+            a = (captures or {}).get(self.site)
+            if a is None:
+                raise RuntimeError("layer: the chosen layer was not executed in the forward pass")
+            a = a.detach()
+            for r, i in enumerate(image_index.tolist()):
+                self.activations[i] = a[r].clone()
+        r = self.score.rows(outputs, image_index, captures)
+        self.values.append(r.detach())
+        return r
+
+

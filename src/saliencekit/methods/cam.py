@@ -31,8 +31,9 @@ from torch import nn
 from ..core import engine, noise
 from ..core.hooks import resolve_layer
 from ..core.layers import find_cam_layer
+from ..core.targets import RecordingScore
 from ..core.units import as_grid
-from ..core.checks import choice, positive_int
+from ..core.checks import boolean, choice, positive_int
 from .base import LAYER, N_SAMPLES, NOISE_LEVEL, Context, noise_sigma, register
 
 CAM_DEFAULTS = {"layer": None, "channels": None, "relu": True, "prefix_tokens": None}
@@ -69,27 +70,6 @@ def _channels(channels, k: int) -> list[int] | None:
 
 # ---- the computation ---------------------------------------------------------------------------
 
-class _Recorder:
-    """Wraps the call's score: also captures the CAM layer and (optionally) keeps its activation."""
-
-    def __init__(self, score, site: nn.Module, keep: bool):
-        self.score = score
-        self.site = site
-        self.keep = keep
-        self.layers = tuple(dict.fromkeys((site,) + tuple(getattr(score, "layers", ()) or ())))
-        self.acts: dict[int, torch.Tensor] = {}
-
-    def rows(self, outputs, image_index, captures):
-        if self.keep:
-            a = captures.get(self.site)
-            if a is None:
-                raise RuntimeError("layer: the chosen layer was not executed in the forward pass")
-            a = a.detach()
-            for r, i in enumerate(image_index.tolist()):
-                self.acts[i] = a[r].clone()
-        return self.score.rows(outputs, image_index, captures)
-
-
 def _run(ctx: Context, plan, on_sample, site, score, name):
     try:
         ctx.run(plan, on_sample, site=site, score=score)
@@ -114,11 +94,11 @@ def cam_maps(ctx: Context, mode: str, layer, channels, relu, prefix_tokens, n_sa
         return as_grid(t[None], prefix_tokens, aspect)[0].float()
 
     smooth = mode == "smoothgradcampp"
-    rec = _Recorder(ctx.score, site, keep=not smooth)
+    rec = RecordingScore(ctx.score, site, keep_activations=not smooth)
     if smooth:  # A from the clean input (no gradient needed); channels checked before the noisy passes
-        clean = _Recorder(ctx.score, site, keep=True)
+        clean = RecordingScore(ctx.score, site, keep_activations=True)
         ctx.scores_at(x, torch.arange(n), score=clean)
-        _channels(channels, grid(clean.acts[0]).shape[0])
+        _channels(channels, grid(clean.activations[0]).shape[0])
     sums: list[list[torch.Tensor] | None] = [None] * n
     powers = 1 if mode == "gradcam" else 3
 
@@ -143,7 +123,7 @@ def cam_maps(ctx: Context, mode: str, layer, channels, relu, prefix_tokens, n_sa
     else:
         plan = engine.Plan(n, 1, lambda img, smp, stp: x[img.to(x.device)])
     _run(ctx, plan, on_sample, site, rec, name)
-    acts = clean.acts if smooth else rec.acts
+    acts = clean.activations if smooth else rec.activations
 
     A = torch.stack([grid(acts[i]) for i in range(n)])                       # B x K x h x w
     D = [torch.stack([sums[i][p] for i in range(n)]) / float(n_samples) for p in range(powers)]
@@ -172,8 +152,7 @@ def cam_maps(ctx: Context, mode: str, layer, channels, relu, prefix_tokens, n_sa
 
 
 def _check_common(layer, relu, prefix_tokens):
-    if not isinstance(relu, bool):
-        raise TypeError(f"relu: expected a bool, got {type(relu).__name__}")
+    boolean("relu", relu)
     if layer is not None and not isinstance(layer, (str, nn.Module)):
         raise TypeError(f"layer: expected a module name (str), an nn.Module or None, got {type(layer).__name__}")
     if prefix_tokens is not None and (isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int)

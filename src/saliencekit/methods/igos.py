@@ -1,8 +1,8 @@
 """I-GOS (Qi, Khorram, Li, AAAI 2020): a low-resolution deletion mask optimised with
 integrated-gradient descent directions and an Armijo line search, for a whole batch at once.
 
-Notation (METHODS.md §3): ``M`` is the s_h x s_w mask in [0, 1] (1 = keep the pixel), ``up`` the
-bilinear upsampling (``align_corners=True``) to the input size, ``x~`` the blurred image and
+Notation (docs/igos.md): ``M`` is the s_h x s_w mask in [0, 1] (1 = keep the pixel), ``up`` the bilinear
+upsampling (``align_corners=True``) to the input size, ``x~`` the blurred image and
 ``Phi(M) = x * up(M) + x~ * (1 - up(M))``. The plain objective per image is
 
     F(M) = p_c(Phi(M)) + l1 * mean|1 - M| + tv * (mean|dv M|^beta + mean|dh M|^beta)
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ..core import engine, noise
 from ..core.checks import nonneg_float, positive_float, positive_int
 from ..core.imageops import gaussian_blur
+from ..core.targets import RecordingScore
 from .base import Context, Option, register
 
 IGOS_DEFAULTS = {"mask_size": 28, "iterations": 15, "ig_steps": 20, "l1": 1.0, "tv": 20.0, "tv_beta": 2,
@@ -157,7 +158,7 @@ class IGOS:
         def on_sample(i, j, g, point):
             g_up[i, 0] = (g * self.diff[i].float()).sum(0)
 
-        rec = _Recorder(self.ctx.score)
+        rec = RecordingScore(self.ctx.score)
         weights = [(s / S) / S for s in range(1, S + 1)]
         self.ctx.run(engine.Plan(n, 1, make, n_steps=S, step_weights=weights), on_sample, score=rec)
         path_scores = torch.cat(rec.values).float().view(n, S).mean(1).to(masks.device)
@@ -195,20 +196,6 @@ class IGOS:
             pr = p[~acc]
             step[pr] = (step[pr] * STEP_SHRINK).clamp(min=STEP_FLOOR)
         return new_m, new_f, step
-
-
-class _Recorder:
-    """Wraps the score: records each chunk's selected scores (rows arrive in (image, step) order)."""
-
-    def __init__(self, score):
-        self.score = score
-        self.layers = tuple(getattr(score, "layers", ()) or ())
-        self.values = []
-
-    def rows(self, outputs, image_index, captures=None):
-        r = self.score.rows(outputs, image_index, captures)
-        self.values.append(r.detach())
-        return r
 
 
 def run_igos(ctx: Context, *, mask_hw, iterations: int, ig_steps: int, l1: float, tv: float, tv_beta: float,

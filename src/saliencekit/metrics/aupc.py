@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import noise
+from ..core.checks import integer
 from ..models import get_preprocessing
 from ._common import (check_model, check_saliency, check_x, chunk_rows, guarded, positive_int, resolve_target,
                       scored_rows, simpson)
@@ -66,8 +67,7 @@ def aupc(model, x: torch.Tensor, saliency: torch.Tensor, target: Any = "predicte
     positive_int("window", window)
     positive_int("regions", regions)
     positive_int("draws", draws)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+    integer("seed", seed)
     b, c, h, w = x.shape
     ids = list(range(b)) if image_ids is None else [int(v) for v in image_ids]
     if len(ids) != b:

@@ -13,18 +13,10 @@ from typing import Any
 
 import torch
 
+from ..core.imageops import minmax
 from ..models import get_preprocessing
 from ._common import check_model, check_saliency, check_x, guarded, outputs, resolve_target, select
 from .registry import Judged, register
-
-
-def _normalise01(s: torch.Tensor) -> torch.Tensor:
-    b = s.shape[0]
-    f = s.reshape(b, -1)
-    lo, hi = f.amin(1, keepdim=True), f.amax(1, keepdim=True)
-    rng = hi - lo
-    f = torch.where(rng > 0, (f - lo) / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(f))
-    return f.view_as(s)
 
 
 def confidence_scores(model, x: torch.Tensor, saliency: torch.Tensor, target: Any = "predicted",
@@ -32,7 +24,8 @@ def confidence_scores(model, x: torch.Tensor, saliency: torch.Tensor, target: An
     """(Y, O, classes): class probability on the image and on the explanation map."""
     check_model(model)
     x = check_x(x)
-    s = _normalise01(check_saliency(saliency, x))
+    s = check_saliency(saliency, x)
+    s = minmax(s.reshape(s.shape[0], -1)).view_as(s)
     spec = get_preprocessing(model)
     e = spec.normalize(s[:, None] * spec.denormalize(x))
     with guarded(model):

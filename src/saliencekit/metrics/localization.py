@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core.imageops import minmax
 from ._common import check_saliency
 
 
@@ -59,9 +60,7 @@ def energy_pointing_game(saliency: torch.Tensor, masks: torch.Tensor) -> torch.T
     s = check_saliency(saliency)
     m = _masks(masks, s)
     b = s.shape[0]
-    f = s.reshape(b, -1)
-    lo, hi = f.amin(1, keepdim=True), f.amax(1, keepdim=True)
-    n = ((f - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi))).view_as(s)
+    n = minmax(s.reshape(b, -1)).view_as(s)
     return _share_inside(n, m)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from skimage.transform import pyramid_gaussian
 
+from ..core.imageops import minmax
 from ._common import check_saliency, simpson
 from .registry import Judged, register
 
@@ -23,10 +24,7 @@ def level_atv(m: torch.Tensor, clip: float | None = 99.0) -> torch.Tensor:
     if clip is not None:
         cap = torch.quantile(a, clip / 100.0, dim=1, keepdim=True)
         a = torch.minimum(a, cap)
-    lo, hi = a.amin(1, keepdim=True), a.amax(1, keepdim=True)
-    rng = hi - lo
-    a = torch.where(rng > 0, (a - lo) / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(a))
-    a = a.view(b, h, w)
+    a = minmax(a).view(b, h, w)
     tv = (a[:, 1:, :] - a[:, :-1, :]).abs().sum((1, 2)) + (a[:, :, 1:] - a[:, :, :-1]).abs().sum((1, 2))
     return tv / (h * w)
 
