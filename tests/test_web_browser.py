@@ -1,6 +1,6 @@
 """End to end in headless Chromium: ``saliencekit serve`` on a free loopback port, a photo uploaded
-through the page, SmoothGrad and Grad-CAM (the gradient while Grad-CAM is not registered) run, both
-maps shown with the predicted class. Skips with the reason when Chromium or Playwright is missing.
+through the page, SmoothGrad and Grad-CAM run, both maps shown with the predicted class. Skips with
+the reason when Chromium or Playwright is missing.
 
 The screenshot goes to the test's tmp_path; with SALIENCEKIT_UPDATE_SCREENSHOT=1 it is also copied
 to docs/img/web.png (the picture in docs/web.md), so ordinary test runs never modify the repository.
@@ -112,7 +112,7 @@ def test_explorer_in_headless_chromium(chromium, served, tmp_path):
     with torch.no_grad():
         top = torch.softmax(model(saliencekit.load_images(photo)), 1)[0].argmax().item()
     predicted_name = model.saliencekit_preprocessing.class_names[top]
-    cam = "gradcam" if "gradcam" in saliencekit.methods() else "gradient"
+    cam = "gradcam"
     url = served.wait()
     assert url.startswith("http://127.0.0.1:")
 
@@ -147,8 +147,8 @@ def test_explorer_in_headless_chromium(chromium, served, tmp_path):
             page.wait_for_selector("#error:not([hidden])")
             assert "out of range" in page.inner_text("#error") and page.is_enabled("#run")
             page.fill('[data-method-box="smoothgrad"] [data-param="n_samples"]', "4")
-            if page.is_visible("#metrics-box"):
-                page.fill("#metric-steps", "8")
+            assert page.is_visible("#metrics-box")   # deletion / insertion are registered
+            page.fill("#metric-steps", "8")
             page.click("#run")
             page.wait_for_selector("#error", state="hidden")
             for name in ("smoothgrad", cam):
@@ -160,9 +160,8 @@ def test_explorer_in_headless_chromium(chromium, served, tmp_path):
                 assert page.evaluate(f"document.querySelector('{sel}').naturalWidth") == 224
             assert predicted_name in page.inner_text("#explained-class")
             assert page.locator(".card[data-result]").count() == 2
-            if page.is_visible("#metrics-box"):
-                page.wait_for_selector('svg[data-curve="deletion"]')
-                assert "deletion AUC" in page.inner_text(f'[data-auc="{cam}"]')
+            page.wait_for_selector('svg[data-curve="deletion"]')
+            assert "deletion AUC" in page.inner_text(f'[data-auc="{cam}"]')
             assert page.get_attribute("#download-tensors", "href").endswith("saliency.pt?download=1")
             shot = tmp_path / "web.png"
             page.screenshot(path=str(shot), full_page=True)

@@ -24,7 +24,9 @@ from PIL import Image
 import saliencekit
 from saliencekit.models import get_preprocessing
 from saliencekit.web import BackgroundServer, InputError, create_app, decode_image
-from saliencekit.web.explorer import Explorer, Request, load_metrics
+from saliencekit.methods import REGISTRY, Option
+from saliencekit.methods.gradient import input_gradients
+from saliencekit.web.explorer import Explorer, Request, curve_metrics
 from saliencekit.web.jobs import JobQueue
 
 SAMPLES = [("stripes", (np.indices((64, 96)).sum(0) % 16 * 16).astype(np.uint8)[..., None].repeat(3, 2))]
@@ -130,15 +132,16 @@ def test_info_is_built_from_the_registry(server):
     url, app, _ = server
     status, info, _ = call(url, "/api/info")
     assert status == 200
-    registry = saliencekit.methods()
-    assert set(info["methods"]) == set(registry)
+    registry = saliencekit.list_methods(details=True)
+    assert list(info["methods"]) == list(registry)
     sg = info["methods"]["smoothgrad"]["params"]
     assert sg["n_samples"]["default"] == registry["smoothgrad"]["defaults"]["n_samples"]
     assert sg["noise_level"]["default"] == registry["smoothgrad"]["defaults"]["noise_level"]
     assert info["methods"]["gradient"]["params"] == {}
     assert info["methods"]["smoothtaylor"]["signed"] is True
-    # the deletion / insertion panel exists exactly when saliencekit.metrics provides both functions
-    assert info["metrics"] is (load_metrics() is not None)
+    # the curves the page draws are the registry's model-space curve metrics without fixed options
+    assert [s.name for s in curve_metrics()] == ["deletion", "insertion"]
+    assert info["metrics"] is True
     assert info["samples"] == ["stripes"]
     assert info["n_classes"] == 5
     # layers offered for CAMs are the tiny model's spatial modules
@@ -298,20 +301,87 @@ def test_options_out_of_range_are_answered(server, patch, words):
 def test_method_specific_ranges_follow_the_registry(server):
     url, _app, _ = server
     _, r, _ = call(url, "/api/image?sample=stripes", b"", method="POST")
-    reg = saliencekit.methods()
-    cases = []
-    if "igos" in reg:
-        cases.append(({"name": "igos", "options": {"mask_size": 1000}}, ["mask size", "7 to 224"]))
+    cases = [({"name": "igos", "options": {"mask_size": 1000}}, ["mask size", "7 to 224"])]
     for cam in ("gradcam", "gradcampp", "smoothgradcampp"):
-        if cam in reg and "layer" in reg[cam]["defaults"]:
-            cases.append(({"name": cam, "options": {"layer": "no.such.layer"}}, ["layer", "unknown layer"]))
-    if not cases:
-        pytest.skip("no method with a mask size or layer option is registered yet")
+        cases.append(({"name": cam, "options": {"layer": "no.such.layer"}}, ["layer", "unknown layer"]))
     for method, words in cases:
         status, err, _ = explain_json(url, {"image_id": r["image_id"], "methods": [method]})
         assert status == 400
         for w in words:
             assert w in err["error"]
+
+
+# The options the page shows per method, with their ranges (or choices); every other option of every
+# method is refused. These come from each method's ``MethodSpec.ui``.
+PAGE_OPTIONS = {
+    "smoothgrad": {"n_samples": (1, 500), "noise_level": (0.0, 1.0), "estimator": ["mean", "square", "var"]},
+    "smoothtaylor": {"n_samples": (1, 500), "noise_scale": (0.0, 5.0)},
+    "integrated_gradients": {"n_steps": (1, 300)},
+    "gradcam": {"layer": None},
+    "gradcampp": {"layer": None},
+    "smoothgradcampp": {"layer": None, "n_samples": (1, 500), "noise_level": (0.0, 1.0)},
+    "igos": {"mask_size": (7, 224), "iterations": (1, 100)},
+}
+
+
+def test_page_options_are_the_method_registrys(server):
+    url, app, _ = server
+    info = call(url, "/api/info")[1]
+    _, r, _ = call(url, "/api/image?sample=stripes", b"", method="POST")
+    for name, m in info["methods"].items():
+        shown = {}
+        for key, p in m["params"].items():
+            if p["kind"] == "layer":
+                assert p["choices"] == app.state.explorer.layers
+                shown[key] = None
+            else:
+                shown[key] = p["choices"] if p["kind"] == "choice" else (p["min"], p["max"])
+        assert shown == PAGE_OPTIONS.get(name, {}), name
+        assert list(m["params"]) == list(saliencekit.methods.get(name).ui)
+        for key in sorted(set(saliencekit.methods.get(name).defaults) - set(shown))[:3]:
+            status, err, _ = explain_json(url, {"image_id": r["image_id"],
+                                                "methods": [{"name": name, "options": {key: 1}}]})
+            assert status == 400 and err["error"] == f"{name}: option {key!r} cannot be set from the page."
+
+
+def test_a_method_registered_at_runtime_appears_on_the_page(server):
+    """No table in the web code: registering a method is enough for the page to offer it, with the
+    options its ``ui`` lists, and to scale its progress bar by its ``cost``."""
+    url, app, _ = server
+
+    @saliencekit.methods.register("toy_scaled_gradient", defaults={"scale": 2.0, "offset": 0.0},
+                                  ui={"scale": Option("float", "scale", 0.5, 4.0, help="multiplies the gradient")},
+                                  cost=lambda o: 4)
+    def toy(ctx, scale, offset):
+        """Toy: the gradient times a scale."""
+        return {"attributions": scale * input_gradients(ctx) + offset}
+
+    try:
+        info = call(url, "/api/info")[1]
+        assert info["methods"]["toy_scaled_gradient"]["params"] == {
+            "scale": {"kind": "float", "label": "scale", "help": "multiplies the gradient", "min": 0.5, "max": 4.0,
+                      "default": 2.0}}
+        assert info["methods"]["toy_scaled_gradient"]["doc"] == "Toy: the gradient times a scale."
+        ex = app.state.explorer
+        image_id, _ = ex.add_sample("stripes")
+        with pytest.raises(InputError, match="toy_scaled_gradient: scale: 9 is out of range; allowed 0.5 to 4.0"):
+            ex.parse_request({"image_id": image_id, "methods": [{"name": "toy_scaled_gradient",
+                                                                 "options": {"scale": 9}}]})
+        with pytest.raises(InputError, match="option 'offset' cannot be set from the page"):
+            ex.parse_request({"image_id": image_id, "methods": [{"name": "toy_scaled_gradient",
+                                                                 "options": {"offset": 1}}]})
+        req = ex.parse_request({"image_id": image_id, "target": 1,
+                                "methods": [{"name": "toy_scaled_gradient", "options": {"scale": 3}}]})
+        seen = []
+        res = ex.run(req, progress=lambda f, stage: seen.append((f, stage)))
+        saved = torch.load(io.BytesIO(res.files["saliency.pt"][0]), weights_only=True)
+        ref = saliencekit.explain(ex.model, ex.get_image(image_id).x, "gradient", target=1)
+        torch.testing.assert_close(saved["methods"]["toy_scaled_gradient"]["attributions"], 3 * ref.attributions)
+        # one row done out of the four its cost announces
+        assert (0.25, "toy_scaled_gradient") in seen
+    finally:
+        del REGISTRY["toy_scaled_gradient"]
+    assert "toy_scaled_gradient" not in call(url, "/api/info")[1]["methods"]
 
 
 def test_bad_json_unknown_ids_and_paths(server):
@@ -400,11 +470,9 @@ def test_served_maps_and_tensors_match_explain(server, tmp_path, monkeypatch):
 
 def test_cam_layer_from_the_page_is_the_layer_used(server):
     url, app, model = server
-    if "gradcam" not in saliencekit.methods():
-        pytest.skip("gradcam is not registered yet")
-    layers = app.state.explorer.layers
-    assert {"features.0", "features.1", "features.3"} <= set(layers)
-    assert "features.2" not in layers and "features.4" not in layers   # parameter-free ReLUs are not offered
+    # modules with parameters and a spatial output, in execution order (parameter-free ReLUs are not
+    # offered, nor the classifier, whose output is not spatial)
+    assert app.state.explorer.layers == ["features.0", "features.1", "features.3", "features"]
     arr = photo(7)
     _, r, _ = upload(url, png(arr))
     _, j, _ = explain_json(url, {"image_id": r["image_id"], "target": 0,
@@ -419,30 +487,26 @@ def test_cam_layer_from_the_page_is_the_layer_used(server):
         assert (got.shape == ref.attributions.shape and torch.allclose(got, ref.attributions, atol=1e-6)) is same
 
 
-def test_metrics_curves_when_available(server):
+def test_metrics_curves_match_the_metric_functions(server):
     url, _, model = server
-    fns = load_metrics()
-    if fns is None:
-        pytest.skip("saliencekit.metrics (deletion / insertion) is not available yet")
     _, r, _ = call(url, "/api/image?sample=stripes", b"", method="POST")
     _status, j, _ = explain_json(url, {"image_id": r["image_id"], "target": 1, "methods": [{"name": "gradient"}],
                                       "metrics": True, "metric_steps": 8})
     st = wait_job(url, j["job"])
     assert st["state"] == "done", st
+    assert st["result"]["metrics"] is True
     m = st["result"]["methods"][0]
     step = st["result"]["metric_step"]
     assert step == 224 * 224 // 8
     saved = torch.load(io.BytesIO(call(url, st["result"]["files"]["saliency.pt"])[1]), weights_only=True)
     x = saved["input"]
     heat = saved["methods"]["gradient"]["heatmap"]
-    ref_del = fns[0](model, x, heat, target=1, step=step)
-    ref_ins = fns[1](model, x, heat, target=1, step=step)
-    ref_del = getattr(ref_del, "auc", ref_del)
-    ref_ins = getattr(ref_ins, "auc", ref_ins)
-    assert m["deletion"]["auc"] == pytest.approx(float(ref_del[0]), abs=1e-6)
-    assert m["insertion"]["auc"] == pytest.approx(float(ref_ins[0]), abs=1e-6)
-    if "curve" in m["deletion"]:
-        assert len(m["deletion"]["curve"]) == 9 and m["deletion"]["fractions"][-1] == pytest.approx(1.0)
+    for name, fn in (("deletion", saliencekit.metrics.deletion), ("insertion", saliencekit.metrics.insertion)):
+        ref = fn(model, x, heat, target=1, step=step, return_curves=True)
+        assert m[name]["auc"] == pytest.approx(float(ref.auc[0]), abs=1e-6)
+        assert saved["methods"]["gradient"][f"{name}_auc"] == m[name]["auc"]
+        assert len(m[name]["curve"]) == 9 and m[name]["fractions"][-1] == pytest.approx(1.0)
+        np.testing.assert_allclose(m[name]["curve"], ref.curves[0].numpy(), atol=1e-5)
 
 
 def test_second_request_is_queued_not_lost_and_a_full_queue_says_so(server):

@@ -35,8 +35,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .explorer import ID_RE, Explorer, InputError
+from ..models import load_model
+from .explorer import Explorer
 from .jobs import JobQueue, QueueFull
+from .uploads import InputError
 
 log = logging.getLogger("saliencekit.web")
 
@@ -165,7 +167,7 @@ def create_app(model: torch.nn.Module, model_name: str = "model", *, max_upload_
 
     async def job_status(request: Request):
         job_id = request.path_params["job_id"]
-        st = jobs.status(job_id) if ID_RE.match(job_id) else None
+        st = jobs.status(job_id)
         if st is None:
             return _error("Unknown or expired run.", 404)
         if st["state"] == "done":
@@ -178,7 +180,7 @@ def create_app(model: torch.nn.Module, model_name: str = "model", *, max_upload_
 
     async def job_file(request: Request):
         job_id, name = request.path_params["job_id"], request.path_params["name"]
-        res = jobs.result(job_id) if ID_RE.match(job_id) else None
+        res = jobs.result(job_id)
         if res is None or name not in res.files:
             return _error("Unknown or expired file.", 404)
         body, media = res.files[name]
@@ -230,8 +232,6 @@ def serve(model: str | torch.nn.Module = "efficientnet-lite0", host: str = "127.
           device: str = "cpu", log_level: str = "warning", **options) -> None:
     """Load ``model`` (a name for ``load_model`` or a module) and serve the explorer until interrupted."""
     import uvicorn
-
-    from ..models import load_model
 
     name = model if isinstance(model, str) else type(model).__name__
     net = load_model(model, device=device) if isinstance(model, str) else model.to(device)
