@@ -1,4 +1,5 @@
-"""Speed settings: automatic chunking (calibration, cache, OOM back-off), precision, channels_last, compile."""
+"""Chunk policies (core.chunking): online calibration on a scripted clock, the cache, out-of-memory back-off,
+the CUDA size from free memory, and the metrics' layout probe."""
 
 from __future__ import annotations
 
@@ -45,8 +46,6 @@ def _heat(a: torch.Tensor) -> torch.Tensor:
     return a.abs().sum(1).flatten()
 
 
-# ---- chunk size ------------------------------------------------------------------------------
-
 class Clocked(nn.Module):
     """A conv net on a virtual clock: each forward that builds a graph advances the clock by a
     scripted cost per row for its (layout, rows), and records (rows, channels_last)."""
@@ -76,7 +75,6 @@ def scripted(monkeypatch):
     monkeypatch.setattr(chunking, "_CPU_ELEMENTS_PER_CHUNK", 4 * 3 * 16 * 16)
     monkeypatch.setattr(chunking.Calibrator, "timer", staticmethod(lambda: clock[0]))
     return clock
-
 
 def test_online_calibration_with_scripted_costs(scripted):
     """Layouts at the start size, then doubling while faster, then the close sizes again, warm;
@@ -200,7 +198,6 @@ def test_batch_size_override_is_respected(tiny_cnn, monkeypatch):
     assert m.sizes == [3, 3, 3, 1]
 
 
-# ---- out of memory ---------------------------------------------------------------------------
 
 def test_oom_halves_and_retries_with_the_same_result(tiny_cnn):
     m = Recorder(tiny_cnn, oom_above=4)
@@ -236,159 +233,6 @@ def test_cuda_rows_from_free_memory():
     assert chunking.cuda_rows_from_memory(1000 * mib, 10 * mib, 50) == 50           # all rows fit
     assert chunking.cuda_rows_from_memory(5 * mib, 10 * mib, 100) == 1              # never below one row
     assert chunking.cuda_rows_from_memory(10 ** 15, 1, 10 ** 6) == chunking.CUDA_MAX_ROWS
-
-
-# ---- precision, memory format, compile ---------------------------------------------------------
-
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_low_precision_ranks_like_fp32(tiny_cnn, precision):
-    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(11))
-    ref = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=8, seed=2)
-    low = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=8, seed=2, precision=precision)
-    assert low.attributions.dtype == torch.float32
-    assert not torch.equal(low.attributions, ref.attributions)   # autocast really ran
-    for i in range(2):
-        rho = spearmanr(_heat(ref.attributions[i]).numpy(), _heat(low.attributions[i]).numpy())[0]
-        assert rho > 0.99
-
-
-def test_fp16_overflow_in_scaled_backward_falls_back_unscaled():
-    lin = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
-    with torch.no_grad():
-        lin[1].weight.fill_(300.0)   # grad of 256 * score overflows fp16 (max 65504) in the backward
-        lin[1].bias.zero_()
-    x = torch.full((1, 3, 4, 4), 0.01)
-    ref = sk.explain(lin, x, "gradient", target=0).attributions
-    half = sk.explain(lin, x, "gradient", target=0, precision="fp16").attributions
-    assert torch.isfinite(half).all()
-    torch.testing.assert_close(half, ref, rtol=1e-3, atol=0)
-
-
-def test_precision_set_globally_and_validated(tiny_cnn):
-    x = torch.randn(1, 3, 16, 16)
-    fp32 = sk.explain(tiny_cnn, x, "gradient").attributions
-    bf16 = sk.explain(tiny_cnn, x, "gradient", precision="bf16").attributions
-    sk.set_defaults(precision="bf16")
-    assert torch.equal(sk.explain(tiny_cnn, x, "gradient").attributions, bf16)
-    assert torch.equal(sk.explain(tiny_cnn, x, "gradient", precision="fp32").attributions, fp32)
-    with pytest.raises(ValueError, match="precision"):
-        sk.explain(tiny_cnn, x, "gradient", precision="fp8")
-    with pytest.raises(TypeError, match="channels_last"):
-        sk.explain(tiny_cnn, x, "gradient", channels_last="yes")
-    with pytest.raises(TypeError, match="compile"):
-        sk.set_defaults(compile=1)
-
-
-def test_channels_last_matches_contiguous_and_restores_the_model(tiny_cnn):
-    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
-    before = model_state(tiny_cnn)
-    strides = [p.stride() for p in tiny_cnn.parameters()]
-    ref = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=6, seed=4).attributions
-    cl = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=6, seed=4, channels_last=True).attributions
-    torch.testing.assert_close(cl, ref, rtol=1e-5, atol=1e-7)
-    ig = sk.explain(tiny_cnn, x, "integrated_gradients", n_steps=6, channels_last=True)
-    ig_ref = sk.explain(tiny_cnn, x, "integrated_gradients", n_steps=6)
-    torch.testing.assert_close(ig.attributions, ig_ref.attributions, rtol=1e-5, atol=1e-7)
-    assert_same_state(before, model_state(tiny_cnn))
-    assert [p.stride() for p in tiny_cnn.parameters()] == strides
-    assert x.is_contiguous()
-
-
-def test_compile_matches_eager_and_keeps_layer_capture(tiny_cnn):
-    """torch.compile with the aot_eager backend (traces the model and its hooks, generates no C++;
-    the default inductor backend takes about a minute to compile on 2 busy cores, see docs/benchmarks.md)."""
-    pytest.importorskip("torch._dynamo")
-    sk.set_defaults(compile_backend="aot_eager")
-    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(9))
-    before = model_state(tiny_cnn)
-    m = Recorder(tiny_cnn)
-    try:
-        comp = sk.explain(m, x, "smoothgrad", n_samples=5, seed=3, batch_size=4, compile=True)
-    except Exception as err:  # pragma: no cover - depends on the installed compiler stack
-        pytest.skip(f"torch.compile unavailable: {err}")
-    ref = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=5, seed=3, batch_size=4).attributions
-    torch.testing.assert_close(comp.attributions, ref, rtol=1e-5, atol=1e-7)
-    assert set(m.sizes) <= {4}                      # the last chunk (2 rows) was padded to 4
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")        # layer capture runs eager: no fallback warning
-        cam = sk.explain(tiny_cnn, x, "gradcam", layer="features.3", compile=True).attributions
-    cam_ref = sk.explain(tiny_cnn, x, "gradcam", layer="features.3").attributions
-    torch.testing.assert_close(cam, cam_ref, rtol=1e-5, atol=1e-6)
-    assert_same_state(before, model_state(tiny_cnn))
-    again = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=5, seed=3, batch_size=4, compile=True).attributions
-    assert torch.equal(again, comp.attributions)    # still compiled (cached), same bits
-
-
-def test_compile_failure_falls_back_to_eager(tiny_cnn):
-    def broken_backend(gm, example_inputs):
-        raise RuntimeError("no compiler here")
-
-    sk.set_defaults(compile_backend=broken_backend)
-    x = torch.randn(1, 3, 16, 16)
-    ref = sk.explain(tiny_cnn, x, "gradient").attributions
-    with pytest.warns(RuntimeWarning, match="compile"):
-        out = sk.explain(tiny_cnn, x, "gradient", compile=True).attributions
-    assert torch.equal(out, ref)
-
-
-def test_real_model_bf16_rank_correlation(real_model, sample_dir):
-    from saliencekit import load_images
-
-    path = sorted(p for p in sample_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[0]
-    x = load_images(path)
-    ref = sk.explain(real_model, x, "gradient").attributions
-    low = sk.explain(real_model, x, "gradient", precision="bf16").attributions
-    rho = spearmanr(_heat(ref[0]).numpy(), _heat(low[0]).numpy())[0]
-    assert rho > 0.9
-
-
-# ---- memory allocator ------------------------------------------------------------------------
-
-class FakeLibc:
-    def __init__(self):
-        self.calls = []
-
-    def mallopt(self, param, value):
-        self.calls.append(("mallopt", param, value))
-        return 1
-
-
-def test_retain_memory_during_a_cpu_call_and_release_after(tiny_cnn, monkeypatch):
-    fake = FakeLibc()
-    monkeypatch.setattr(allocator, "_libc", fake)
-    seen_depth = []
-    h = tiny_cnn.register_forward_pre_hook(lambda m, a: seen_depth.append(allocator._depth))
-    try:
-        sk.explain(tiny_cnn, torch.randn(1, 3, 16, 16), "smoothgrad", n_samples=4)
-    finally:
-        h.remove()
-    assert seen_depth and set(seen_depth) == {1}        # every forward ran inside the block
-    assert fake.calls == [("mallopt", -3, 32 << 20), ("mallopt", -1, (1 << 31) - 1),   # no mmap <= 32 MiB, no trim
-                          ("mallopt", -1, 64 << 20)]                                # glibc's steady trim value
-    assert allocator._depth == 0
-    fake.calls.clear()
-    with allocator.retained_memory():                        # nested blocks (e.g. a metric inside a call) share one
-        with allocator.retained_memory():
-            pass
-        assert len(fake.calls) == 2
-    assert len(fake.calls) == 3
-    from saliencekit import metrics
-    fake.calls.clear()
-    metrics.deletion(tiny_cnn, torch.randn(1, 3, 16, 16), torch.rand(1, 16, 16), step=64)
-    assert len(fake.calls) == 3                         # the metrics follow the default too
-    fake.calls.clear()
-    speed.set_defaults(retain_memory=False)
-    sk.explain(tiny_cnn, torch.randn(1, 3, 16, 16), "smoothgrad", n_samples=4)
-    metrics.deletion(tiny_cnn, torch.randn(1, 3, 16, 16), torch.rand(1, 16, 16), step=64)
-    assert fake.calls == []
-    with pytest.raises(TypeError, match="retain_memory"):
-        speed.set_defaults(retain_memory="yes")
-
-
-def test_retained_memory_is_a_no_op_without_glibc(monkeypatch):
-    monkeypatch.setattr(allocator, "_libc", False)
-    with allocator.retained_memory():
-        assert allocator._depth == 0
 
 
 def test_calibrating_call_with_path_steps_matches_fixed_chunks(scripted):
