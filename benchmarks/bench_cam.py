@@ -1,7 +1,8 @@
 """Throughput of saliencekit's Grad-CAM / Grad-CAM++ / Smooth Grad-CAM++ vs TorchCAM and pytorch-grad-cam,
 side by side in one process.
 
-    .venv/bin/python benchmarks/bench_cam.py [--images 2] [--samples 8] [--repeats 3] [--models efficientnet-lite0,resnet50]
+    .venv/bin/python benchmarks/bench_cam.py [--images 2] [--samples 8] [--repeats 3] \
+        [--models efficientnet-lite0,resnet50]
 
 pytorch-grad-cam (``pip install --no-deps grad-cam opencv-python-headless ttach``) imports
 torchvision when its package is imported, and torchvision from PyPI does not import with the CPU
@@ -15,8 +16,8 @@ TorchCAM is used as documented: an extractor is built once (its hooks stay on th
 each timed call is ``model(x)`` followed by ``extractor(class_idx, scores)``; saliencekit's timed
 call is one ``explain(...)`` (which also resolves the target, captures and removes its hooks).
 Calls alternate between the two libraries and the median of ``--repeats`` is reported, so load
-from other processes affects both alike. ResNet-50 is defined below (torchvision-free) with
-random weights. Writes a markdown table to docs/benchmarks_cam.md.
+from other processes affects both alike. ResNet-50 is benchmarks/resnet50.py (torchvision-free,
+seeded random weights). Writes a markdown table to docs/benchmarks_cam.md.
 """
 
 from __future__ import annotations
@@ -29,67 +30,21 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
-import saliencekit as sk
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
-ROOT = Path(__file__).resolve().parents[1]
+import saliencekit as sk  # noqa: E402
+from resnet50 import resnet50  # noqa: E402
 
-
-class Bottleneck(nn.Module):
-    def __init__(self, cin, width, stride):
-        super().__init__()
-        cout = width * 4
-        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        idt = x if self.down is None else self.down(x)
-        y = self.relu(self.bn1(self.conv1(x)))
-        y = self.relu(self.bn2(self.conv2(y)))
-        return self.relu(self.bn3(self.conv3(y)) + idt)
-
-
-class ResNet50(nn.Module):
-    """The ResNet-50 architecture (He et al. 2016; torchvision's layout), random weights."""
-
-    def __init__(self, n_classes=1000):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        cin, layers = 64, []
-        for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
-            seq = []
-            for b in range(blocks):
-                seq.append(Bottleneck(cin, width, stride if b == 0 else 1))
-                cin = width * 4
-            layers.append(nn.Sequential(*seq))
-        self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(2048, n_classes)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(self.avgpool(x).flatten(1))
+ROOT = HERE.parent
 
 
 def build(name):
     if name == "efficientnet-lite0":
         return sk.load_model(name), "_swish"
     if name == "resnet50":
-        torch.manual_seed(0)
-        return ResNet50().eval(), "layer4"
+        return resnet50(), "layers"   # the output of the last bottleneck block
     raise SystemExit(f"unknown model {name!r}")
 
 
@@ -243,10 +198,10 @@ def main(argv=None):
     lines += [
         "",
         "Speed-up = TorchCAM time / saliencekit time for the same images. The maps are not the same:",
-        "saliencekit follows METHODS.md section 4 (closed-form alpha with (sum A) g^3; Smooth Grad-CAM++",
+        "saliencekit follows docs/cams.md (closed-form alpha with (sum A) g^3; Smooth Grad-CAM++",
         "from the means of g, g^2, g^3 over the samples); TorchCAM 0.5's GradCAMpp leaves alpha = g^2",
         "(its masked in-place division acts on a copy) and its SmoothGradCAMpp is its own variant.",
-        "ResNet-50 has random weights (torchvision-free definition in the script). saliencekit takes",
+        "ResNet-50 has seeded random weights (torchvision-free, benchmarks/resnet50.py). saliencekit takes",
         "gradients only to the captured layer (`autograd.grad`: no weight gradients, no backward below",
         "the layer) and runs the noisy copies of all images in chunks of `batch_size` rows. Grad-CAM and",
         "Grad-CAM++ resolve the class in their single gradient pass, Smooth Grad-CAM++ in its clean",

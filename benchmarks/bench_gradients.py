@@ -8,7 +8,7 @@
 
 Every case computes the same gradients on the same model object, images (the two bundled sample
 photos) and predicted classes, in one process, interleaved over rounds (best of --repeats kept);
-see ``saliencekit.cli_bench`` for the harness. Results are printed and written as markdown to
+see ``harness.py`` beside this script. Results are printed and written as markdown to
 benchmarks/results/<part>.md (pasted into docs/benchmarks.md).
 """
 
@@ -26,8 +26,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import harness  # noqa: E402
 import saliencekit as sk  # noqa: E402
-from saliencekit import cli_bench, data  # noqa: E402
+from saliencekit import data  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -44,7 +45,7 @@ def log(s: str) -> None:
 
 def write(part: str, text: str) -> None:
     RESULTS.mkdir(exist_ok=True)
-    head = f"machine: {cli_bench.machine()}\ncommand: {' '.join([Path(sys.executable).name] + sys.argv)}\n\n"
+    head = f"machine: {harness.machine()}\ncommand: {' '.join([Path(sys.executable).name] + sys.argv)}\n\n"
     (RESULTS / f"{part}.md").write_text(head + text + "\n")
     print(head + text)
 
@@ -79,11 +80,11 @@ def part_timing(args, which: str) -> None:
         title = "ResNet-50 architecture (random weights)"
         n, methods = args.n or 10, ["smoothgrad"]
     x = photos(model, args.images, device=dev)
-    res = cli_bench.compare(model, x, methods, n=n, repeats=args.repeats,
+    res = harness.compare(model, x, methods, n=n, repeats=args.repeats,
                             captum_chunks=tuple([None] + [int(c) for c in args.captum_chunks.split(",")]),
                             floor_chunks=tuple(int(c) for c in args.floor_chunks.split(",")),
                             variants=variants_for(args), log=log, warmup=not args.no_warmup)
-    write(f"{which}_{args.device}", cli_bench.markdown(res, f"{title}, {args.device}"))
+    write(f"{which}_{args.device}", harness.markdown(res, f"{title}, {args.device}"))
 
 
 def _heat(a: torch.Tensor) -> torch.Tensor:
@@ -150,7 +151,7 @@ def _memory_child(n: int, size: int, batch_size: int, model_name: str) -> None:
     model = small_cnn() if model_name == "small" else sk.load_model(model_name)
     x = photos(model, 1, size=size)
     sk.explain(model, x, "smoothgrad", n_samples=2, batch_size=batch_size)   # warm-up (allocator, kernels)
-    with cli_bench.peak_memory(torch.device("cpu")) as box:
+    with harness.peak_memory(torch.device("cpu")) as box:
         t0 = time.perf_counter()
         sk.explain(model, x, "smoothgrad", n_samples=n, batch_size=batch_size)
         dt = time.perf_counter() - t0

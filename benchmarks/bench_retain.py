@@ -25,22 +25,22 @@ def child(retain: bool, calls: int) -> None:
     import torch
 
     sys.path.insert(0, str(HERE))
+    import harness
     import saliencekit as sk
     from bench_gradients import photos
-    from saliencekit import cli_bench, perf
 
     model = sk.load_model("efficientnet-lite0")
     x = photos(model)
     with torch.no_grad():
         target = model(x).argmax(1)
-    perf.set_defaults(retain_memory=retain)
+    sk.set_defaults(retain_memory=retain)
     times, rss = [], []
     for _ in range(calls):
         t0 = time.perf_counter()
         sk.explain(model, x, "smoothgrad", target=target, n_samples=50, batch_size=4, channels_last=True,
                    keep_inputs=False)
         times.append(time.perf_counter() - t0)
-        rss.append(cli_bench._rss() / 2**20)
+        rss.append(harness.rss() / 2**20)
     print(json.dumps({"retain": retain, "times": times, "rss_mib": rss}))
 
 

@@ -1,4 +1,4 @@
-"""`saliencekit explain` / `saliencekit methods` through click's CliRunner (real model, bundled samples)."""
+"""`saliencekit explain` / `saliencekit methods` through click's CliRunner (tiny model; real model, bundled photos)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from click.testing import CliRunner
 
 import saliencekit as sk
 from saliencekit.cli import main
+from saliencekit.cli.explain import default_methods
+from saliencekit.methods import REGISTRY, register
 
 
 def test_methods_lists_every_method_with_defaults():
@@ -21,6 +23,41 @@ def test_methods_lists_every_method_with_defaults():
     assert "n_samples=50" in res.output and "noise_level=0.15" in res.output and "n_steps=50" in res.output
     assert set(sk.list_methods(details=True)) >= {"gradient", "smoothgrad"}
     assert sk.list_methods(details=True)["smoothtaylor"]["defaults"]["n_samples"] == 150
+    lines = res.output.splitlines()
+    assert [line for line in lines if not line.startswith(" ")] == sorted(REGISTRY)
+    score = {lines[i - 3]: lines[i] for i, line in enumerate(lines) if line.startswith("    score: ")}
+    assert score["gradient"].startswith("    score: logit (default") and "default set" in score["gradient"]
+    assert score["igos"].startswith("    score: softmax (default") and "default set" not in score["igos"]
+
+
+def test_explain_default_set_is_the_registry_showcase():
+    assert default_methods() == ["gradient", "smoothgrad", "integrated_gradients", "smoothtaylor", "positive",
+                                 "negative", "gradcam", "gradcampp", "smoothgradcampp"]
+
+    @register("toy_showcase", defaults={}, showcase=True)
+    def toy(ctx):
+        return {"attributions": ctx.x.detach().clone()}
+    try:
+        assert default_methods()[-1] == "toy_showcase"
+        res = CliRunner().invoke(main, ["methods"])
+        assert "toy_showcase\n" in res.output
+    finally:
+        REGISTRY.pop("toy_showcase")
+
+
+def test_explain_passes_score_and_method_options(tiny_cnn, monkeypatch, tmp_path):
+    """-o score=... becomes explain(score=...); other options reach the methods that accept them."""
+    monkeypatch.setattr("saliencekit.models.load_model", lambda name, device="cpu": tiny_cnn)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["explain", "--method", "gradient", "--method", "smoothgrad", "-o", "score=softmax",
+                                    "-o", "n-samples=2", "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    summary = json.loads((out / "summary.json").read_text())
+    grad, sg = summary["methods"]["gradient"], summary["methods"]["smoothgrad"]
+    assert grad["params"] == {"score": "softmax"}
+    assert sg["params"]["score"] == "softmax" and sg["params"]["n_samples"] == 2
+    top1 = [im["top5"][0]["probability"] for im in summary["images"]]
+    assert grad["scores"] == pytest.approx(top1, rel=1e-5)     # softmax of the predicted class
 
 
 @pytest.mark.slow

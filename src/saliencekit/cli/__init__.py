@@ -1,51 +1,16 @@
-"""Command line: ``saliencekit explain | methods`` (more commands register themselves below)."""
+"""The ``saliencekit`` command line: the click group and its commands, one module per command.
+
+Each command module defines its command and a ``register(main)`` that attaches it; a module
+imports only click at load time (the package and torch load inside the command), so
+``saliencekit --help`` stays fast. Adding a command: a module here with ``register`` and one
+line below.
+"""
 
 from __future__ import annotations
 
-import json
-import shutil
-import sys
-from pathlib import Path
-from typing import Any, Dict, List, Optional
-
 import click
 
-DEFAULT_METHODS = ("gradient", "smoothgrad", "integrated_gradients", "smoothtaylor", "positive", "negative",
-                   "gradcam", "gradcampp", "smoothgradcampp")
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_options(pairs) -> Dict[str, Any]:
-    out = {}
-    for p in pairs:
-        if "=" not in p:
-            raise click.BadParameter(f"expected KEY=VALUE, got {p!r}", param_hint="--option")
-        k, v = p.split("=", 1)
-        out[k.strip().replace("-", "_")] = _parse_value(v)
-    return out
-
-
-def parse_channels(text: Optional[str]) -> Optional[List[int]]:
-    if text is None:
-        return None
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint="--channels") from None
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("CUDA is not available on this machine", param_hint="--device")
-    return device
+from . import bench, evaluate, explain, layers, methods, serve
 
 
 @click.group()
@@ -54,135 +19,11 @@ def main():
     """saliencekit: explain PyTorch image classifiers with saliency maps."""
 
 
-@main.command("methods")
-def methods_cmd():
-    """List the methods and their default options."""
-    from ..api import list_methods
+explain.register(main)
+methods.register(main)
+layers.register(main)
+evaluate.register(main)
+bench.register(main)
+serve.register(main)
 
-    for name, info in list_methods(details=True).items():
-        opts = ", ".join(f"{k}={v!r}" for k, v in info["defaults"].items()) or "(no options)"
-        first = info["doc"].splitlines()[0] if info["doc"] else ""
-        click.echo(f"{name}\n    {first}\n    options: {opts}")
-
-
-@main.command("explain")
-@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--method", "-m", "method_names", multiple=True, help="Method (repeatable). Default: a standard set.")
-@click.option("--model", default="efficientnet-lite0", show_default=True, help="Model name.")
-@click.option("--target", default="predicted", show_default=True, help="'predicted' or a class index.")
-@click.option("--out", "out_dir", default="out", show_default=True, type=click.Path(path_type=Path))
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
-@click.option("--batch-size", default=None, type=int, help="Rows per forward/backward chunk (default: automatic).")
-@click.option("--layer", default=None, help="Layer for CAM methods (dotted module name).")
-@click.option("--channels", default=None, help="Comma-separated feature-map indices for CAM methods.")
-@click.option("--mask-size", default=None, type=int, help="Mask resolution for I-GOS.")
-@click.option("--option", "-o", "extra", multiple=True, help="Method option KEY=VALUE (JSON value), repeatable.")
-def explain_cmd(images, method_names, model, target, out_dir, seed, device, batch_size, layer, channels, mask_size,
-                extra):
-    """Explain IMAGES (default: the bundled sample photos) and write overlays, a grid and tensors to --out."""
-    import torch
-    from tqdm import tqdm
-
-    from .. import data, explain, visualize
-    from ..methods import REGISTRY
-    from ..models import class_names, get_preprocessing, load_model
-
-    device = resolve_device(device)
-    names = list(method_names) or list(DEFAULT_METHODS)
-    for n in names:
-        if n not in REGISTRY:
-            raise click.BadParameter(f"unknown method {n!r}; see `saliencekit methods`", param_hint="--method")
-    opts = parse_options(extra)
-    if layer is not None:
-        opts["layer"] = layer
-    ch = parse_channels(channels)
-    if ch is not None:
-        opts["channels"] = ch
-    if mask_size is not None:
-        opts["mask_size"] = mask_size
-    try:
-        tgt: Any = target if target == "predicted" else int(target)
-    except ValueError:
-        raise click.BadParameter(f"expected 'predicted' or an integer, got {target!r}", param_hint="--target") from None
-
-    try:
-        net = load_model(model, device=device)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--model") from None
-    spec = get_preprocessing(net)
-    if images:
-        items, labels = [], []
-        for p in images:
-            if p.is_dir():
-                for q in data.list_images(p):
-                    items.append(q)
-                    labels.append(q.stem)
-            else:
-                items.append(p)
-                labels.append(p.stem)
-    else:
-        samples = data.sample_images()
-        items = [a for _, a in samples]
-        labels = [n for n, _ in samples]
-    loaded, kept = [], []
-    for it, lab in zip(items, labels):
-        try:
-            loaded.append(data.load_images(it, preprocessing=spec, device=device))
-            kept.append(lab)
-        except (ValueError, FileNotFoundError) as e:
-            click.echo(f"skipping {lab}: {e}", err=True)
-    if not loaded:
-        raise click.ClickException("no readable images")
-    x = torch.cat(loaded)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cls_names = class_names(net)
-    with torch.no_grad():
-        probs = torch.softmax(net(x).float(), dim=1)
-    top5 = probs.topk(min(5, probs.shape[1]), dim=1)
-    summary = {"model": model, "seed": seed, "images": [], "methods": {}}
-    for i, lab in enumerate(kept):
-        summary["images"].append({"name": lab, "top5": [
-            {"class_index": int(c), "name": cls_names[int(c)] if cls_names else str(int(c)), "probability": float(p)}
-            for p, c in zip(top5.values[i].tolist(), top5.indices[i].tolist())]})
-    maps, signed = {}, {}
-    for name in tqdm(names, desc="methods", disable=None):
-        accepted = {k: v for k, v in opts.items() if k in REGISTRY[name].defaults}
-        try:
-            e = explain(net, x, name, target=tgt, seed=seed, batch_size=batch_size, **accepted)
-        except (ValueError, TypeError) as err:
-            raise click.ClickException(f"{name}: {err}") from None
-        written = e.save(out_dir / "tensors", names=kept)
-        for png in written[:len(kept)]:  # save() renders one overlay per image first; show them at the top
-            shutil.copyfile(png, out_dir / png.name)
-        maps[name] = list(e.heatmap().cpu().numpy())
-        signed[name] = e.signed
-        summary["methods"][name] = e.summary()
-    pix = (spec.denormalize(x.detach().float().cpu())).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    titles = [f"{lab}: {summary['images'][i]['top5'][0]['name']}" for i, lab in enumerate(kept)]
-    fig = visualize.grid(list(pix), maps, row_titles=titles, signed=signed)
-    fig.savefig(out_dir / "grid.png", dpi=110)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    click.echo(f"wrote {len(kept)} image(s) x {len(names)} method(s) to {out_dir}/ (grid.png, summary.json)")
-    for img in summary["images"]:
-        click.echo(f"  {img['name']}: {img['top5'][0]['name']} ({img['top5'][0]['probability']:.3f})")
-
-
-def _register_optional_commands():
-    """Commands that live in their own modules (layers, evaluate, bench, serve) attach here."""
-    import importlib
-
-    for mod in ("layers", "evaluate", "bench", "serve"):
-        try:
-            m = importlib.import_module(f"saliencekit.cli.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name == f"saliencekit.cli.{mod}":
-                continue
-            raise
-        m.register(main)
-
-
-_register_optional_commands()
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+__all__ = ["main"]

@@ -1,449 +1,240 @@
-"""``saliencekit bench``: saliencekit vs Captum vs the raw forward+backward floor, on this machine.
+"""``saliencekit bench``: how fast saliencekit explains *your* model on *this* machine.
 
-The timing harness lives here so that the command and ``benchmarks/bench_gradients.py`` measure
-the same way:
+For each requested method (and each extra speed setting asked for) the command reports the time of
+the first call (it includes the chunk calibration, or the compilation), the best and median of
+``--repeats`` later calls, milliseconds per image, gradient rows per second, the chunk size and
+memory layout the automatic policy chose, and the same rate for the **raw floor**: the model's
+forward plus ``autograd.grad`` with respect to the input for the same number of rows, at that
+chunk, layout and precision, with nothing else (no noise, no reduction; eager, parameters frozen
+as saliencekit freezes them). Each later call alternates with a floor call, so a busy machine
+slows both alike.
 
-* every case computes the same gradients (``rows`` = images x samples or path steps) on the same
-  model object, images and target classes;
-* cases run **interleaved** (case 1, case 2, ..., then again), ``repeats`` rounds, and the best
-  (minimum) time is reported with the median, so a busy machine slows all cases alike;
-* the **raw floor** is the model's forward plus ``autograd.grad`` w.r.t. the input of the same
-  number of rows, with nothing else (no noise, no reduction), at the same precision and memory
-  format, at the best chunk size of a sweep, under saliencekit's allocator setting
-  (``retain_memory``; Captum runs with the allocator as a user has it);
-* peak memory comes from the untimed warm-up run of each case: on CUDA ``max_memory_allocated``;
-  on CPU the resident set size sampled every 10 ms by a thread, minus the size just before the run.
+The side-by-side comparisons with Captum live in ``benchmarks/`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import platform
 import statistics
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import torch
-from torch import nn
+import click
 
-SK_METHODS = {  # name -> (saliencekit method, options, Captum NoiseTunnel nt_type or "ig")
-    "smoothgrad": ("smoothgrad", {"estimator": "mean"}, "smoothgrad"),
-    "smoothgrad_sq": ("smoothgrad", {"estimator": "square"}, "smoothgrad_sq"),
-    "vargrad": ("smoothgrad", {"estimator": "var"}, "vargrad"),
-    "ig": ("integrated_gradients", {"baseline": "black", "rule": "riemann_right"}, "ig"),
-}
+from .options import for_method, parse_options, resolve_device
+
+POSITIVE = click.IntRange(min=1)
 
 
-# ---- measuring --------------------------------------------------------------------------------
-
-def _rss() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):  # not Linux: the peak so far (cannot be reset)
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def register(main: click.Group) -> None:
+    main.add_command(bench_cmd)
 
 
-@contextlib.contextmanager
-def peak_memory(device: torch.device):
-    """Yields a dict whose ``bytes`` is the peak extra memory of the block (see module doc)."""
-    box = {"bytes": 0}
+def _resolve_method(name: str) -> Tuple[str, Dict[str, Any]]:
+    """(registered method, fixed options) for a method name or an evaluation variant name."""
+    from ..evaluation import variants
+    from ..methods import REGISTRY
+
+    if name in REGISTRY:
+        return name, {}
+    if name != variants.RANDOM and variants.is_available(name):
+        method, options, _, _ = variants.resolve(name)
+        return method, options
+    raise click.BadParameter(f"unknown method {name!r}; expected a method of `saliencekit methods` or an "
+                             f"evaluation name of `saliencekit evaluate --list`", param_hint="--method")
+
+
+def _timed(fn: Callable[[], Any], device) -> float:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        yield box
-        torch.cuda.synchronize(device)
-        box["bytes"] = torch.cuda.max_memory_allocated(device) - base
-        return
-    base = _rss()
-    peak = [base]
-    stop = threading.Event()
-
-    def poll():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss())
-            stop.wait(0.01)
-
-    t = threading.Thread(target=poll, daemon=True)
-    t.start()
-    try:
-        yield box
-    finally:
-        stop.set()
-        t.join()
-        peak[0] = max(peak[0], _rss())
-        box["bytes"] = peak[0] - base
-
-
-def _sync(device: torch.device) -> None:
+    t0 = time.perf_counter()
+    fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
 
 
-@dataclass
-class Case:
-    name: str
-    fn: Callable[[], object]
-    rows: int
-    group: str = ""
-    kind: str = ""          # "sk", "captum", "floor"
-    times: List[float] = field(default_factory=list)
-    peak_bytes: Optional[int] = None
+def raw_floor(model, x, target, rows: int, chunk: int, precision: str, channels_last: bool) -> Callable[[], None]:
+    """Forward + ``autograd.grad`` w.r.t. the input of ``rows`` rows (each image's rows together, as
+    saliencekit orders them), ``chunk`` rows at a time, at ``precision`` (autocast) and in
+    ``channels_last`` or contiguous layout, under the same model guard and call scope (weights'
+    layout, allocator setting) as an ``explain`` call."""
+    from dataclasses import replace
 
-    @property
-    def best(self) -> float:
-        return min(self.times)
+    import torch
 
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
+    from ..core import speed
+    from ..core.guard import forward_scores, model_guard
 
-    @property
-    def rate(self) -> float:
-        return self.rows / self.best
-
-
-def run_interleaved(cases: Sequence[Case], repeats: int, device: torch.device, memory: bool = True,
-                    log: Optional[Callable[[str], None]] = None, warmup: bool = True) -> None:
-    """One untimed warm-up run per case (its peak memory is recorded), then ``repeats`` interleaved
-    timed rounds. Without ``warmup`` the memory is sampled during the first timed round."""
-    if warmup:
-        for c in cases:
-            if memory:
-                with peak_memory(device) as box:
-                    c.fn()
-                c.peak_bytes = box["bytes"]
-            else:
-                c.fn()
-    for r in range(repeats):
-        for c in cases:
-            sample = memory and not warmup and r == 0
-            with (peak_memory(device) if sample else contextlib.nullcontext({})) as box:
-                _sync(device)
-                t0 = time.perf_counter()
-                c.fn()
-                _sync(device)
-                c.times.append(time.perf_counter() - t0)
-            if sample:
-                c.peak_bytes = box["bytes"]
-        if log:
-            log(f"  round {r + 1}/{repeats}: " + ", ".join(f"{c.name} {c.times[-1]:.2f}s" for c in cases))
-
-
-# ---- the cases --------------------------------------------------------------------------------
-
-def raw_floor(model: nn.Module, x: torch.Tensor, target: torch.Tensor, rows_per_image: int, chunk: int,
-              precision: str = "fp32", channels_last: bool = False) -> Callable[[], None]:
-    """Forward + ``autograd.grad`` w.r.t. the input of ``len(x) * rows_per_image`` rows, ``chunk`` at a time."""
-    from . import perf
-
-    dtype = perf.PRECISIONS[perf.check_precision(precision)]
-    rows = x.shape[0] * rows_per_image
-    img = torch.arange(rows, device=x.device) // rows_per_image
+    dtype = speed.PRECISIONS[speed.check_precision(precision)]
+    img = torch.arange(rows, device=x.device) * x.shape[0] // rows
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    scope = replace(speed.get_defaults(), precision=precision, channels_last=channels_last, compile=False)
 
-    def fn():
-        for s in range(0, rows, chunk):
-            i = img[s:s + chunk]
-            pts = x[i].contiguous(memory_format=fmt).requires_grad_(True)
-            with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-                out = model(pts)
-            sel = out.float().gather(1, target[i].view(-1, 1)).sum()
-            torch.autograd.grad(sel, pts)
-    return fn
-
-
-def frozen_floor(model, *a, **k) -> Callable[[], None]:
-    """``raw_floor`` with the parameters frozen for the run (as saliencekit does), restored after;
-    with ``channels_last=True`` the 4-D weights are in channels_last too for the run."""
-    from .engine import model_guard
-
-    inner = raw_floor(model, *a, **k)
-    cl = bool(k.get("channels_last"))
-
-    def fn():
-        # the floor runs under saliencekit's allocator setting too (the fastest conditions we know)
-        with model_guard(model), channels_last_weights(model, cl, retain_memory=True):
-            inner()
-    return fn
+    def run() -> None:
+        with model_guard(model), speed.call_scope(model, scope), torch.enable_grad():
+            for s in range(0, rows, chunk):
+                i = img[s:s + chunk]
+                pts = x[i].contiguous(memory_format=fmt).requires_grad_(True)
+                with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+                    out = forward_scores(model, pts)
+                torch.autograd.grad(out.float().gather(1, target[i].view(-1, 1)).sum(), pts)
+    return run
 
 
-def channels_last_weights(model: nn.Module, on: bool = True, retain_memory: bool = False):
-    """The model's 4-D weights in channels_last for the block (a user's ``model.to(memory_format=
-    torch.channels_last)``), put back afterwards: ``perf.call_scope``'s weight swap. The memory
-    allocator is left as a user has it unless ``retain_memory``."""
-    from . import perf
+def _chosen_layout(model, x, settings) -> bool:
+    """The layout the call ran in: the one asked for, or the one calibration cached for ``"auto"``
+    (contiguous when the call did not calibrate)."""
+    from ..core import chunking
 
-    if not on and not retain_memory:
-        return contextlib.nullcontext()
-    return perf.call_scope(model, perf.Settings(channels_last=on, retain_memory=retain_memory))
-
-
-def sk_case(model, x, target, name: str, n: int, **speed) -> Callable[[], object]:
-    import saliencekit as sk
-
-    method, opts, _ = SK_METHODS[name]
-    opts = dict(opts)
-    opts["n_steps" if method == "integrated_gradients" else "n_samples"] = n
-    return lambda: sk.explain(model, x, method, target=target, keep_inputs=False, **speed, **opts)
+    if isinstance(settings.channels_last, bool):
+        return settings.channels_last
+    return bool(chunking.cached_layout(model, chunking.cache_key(x, settings)))
 
 
-def captum_case(model, x, target, name: str, n: int, chunk: Optional[int],
-                noise_level: float = 0.15, channels_last: bool = False) -> Callable[[], object]:
-    """Captum on the model as a user has it. ``chunk``: ``nt_samples_batch_size`` (samples per
-    input per chunk; rows = images x chunk) or IG's ``internal_batch_size`` (rows per chunk).
-    ``channels_last``: a user who also converted the model and the input to channels_last."""
-    if channels_last:
-        inner = captum_case(model, x.contiguous(memory_format=torch.channels_last), target, name, n, chunk,
-                            noise_level)
-
-        def fn():
-            with channels_last_weights(model):
-                return inner()
-        return fn
-    from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
-
-    from .models import get_preprocessing
-
-    _, _, nt_type = SK_METHODS[name]
-    tgt = target.tolist()
-    if nt_type == "ig":
-        ig = IntegratedGradients(model)
-        black = get_preprocessing(model).normalize(torch.zeros_like(x))
-        return lambda: ig.attribute(x, baselines=black, target=tgt, n_steps=n, method="riemann_right",
-                                    internal_batch_size=chunk)
-    nt = NoiseTunnel(Saliency(model))
-    flat = x.reshape(x.shape[0], -1)
-    sigma = float(noise_level * (flat.amax(1) - flat.amin(1)).mean())
-    return lambda: nt.attribute(x, nt_type=nt_type, nt_samples=n, nt_samples_batch_size=chunk, stdevs=sigma,
-                                target=tgt, abs=False)
-
-
-def captum_available() -> bool:
-    try:
-        import captum.attr  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-# ---- one comparison ---------------------------------------------------------------------------
-
-def compare(model: nn.Module, x: torch.Tensor, methods: Sequence[str] = ("smoothgrad",), n: int = 50,
-            repeats: int = 3, captum: bool = True, captum_chunks: Sequence[Optional[int]] = (None, 1, 2, 4, 8),
-            floor_chunks: Sequence[int] = (1, 2, 4, 8, 16), variants: Optional[Dict[str, dict]] = None,
-            memory: bool = True, log: Optional[Callable[[str], None]] = None, warmup: bool = True,
-            layouts: Optional[Sequence[bool]] = None) -> dict:
-    """Time ``methods`` (keys of ``SK_METHODS``) with saliencekit (defaults and ``variants``), Captum
-    (its default and hand-tuned chunks) and the raw floor. The chunk sweeps and the ``variants``
-    (name -> explain speed kwargs) run on the first method; the others use the best chunks found
-    there. ``layouts``: memory layouts for the hand-tuned Captum chunks and the floor (default on
-    CPU: contiguous and channels_last, since saliencekit's "auto" may pick either; on CUDA:
-    contiguous). Returns a dict with the cases and a summary."""
-    from . import perf
-    from .engine import forward_scores
+def measure(model, x, target, method: str, options: Dict[str, Any], settings: Dict[str, Any], repeats: int,
+            batch_size: Optional[int] = None) -> Dict[str, Any]:
+    """Time ``explain(model, x, method, **options, **settings)`` and its raw floor (see the module doc)."""
+    from ..api import explain
+    from ..core import chunking, speed
 
     dev = x.device
-    with torch.no_grad():
-        target = forward_scores(model, x).argmax(1)
-    first = methods[0]
-    variants = variants or {}
-    log = log or (lambda s: None)
+    seen: List[int] = []
 
-    # a cold first call: includes the chunk calibration (cached afterwards for the process)
-    perf.clear_cache()
-    _sync(dev)
-    t0 = time.perf_counter()
-    sk_case(model, x, target, first, n)()
-    _sync(dev)
-    cold = time.perf_counter() - t0
-    log(f"first saliencekit call (with calibration): {cold:.2f}s")
+    def call() -> None:
+        explain(model, x, method, target=target, batch_size=batch_size, keep_inputs=False,
+                progress=seen.append, **settings, **options)
 
-    if layouts is None:
-        layouts = (False, True) if dev.type == "cpu" and any(p.dim() == 4 for p in model.parameters()) else (False,)
-    groups: Dict[str, List[Case]] = {}
-    best_captum = best_floor = None
-    for mi, name in enumerate(methods):
-        rows = x.shape[0] * n
-        cases = [Case("saliencekit (default)", sk_case(model, x, target, name, n), rows, name, "sk")]
-        for vname, speed in (variants.items() if mi == 0 else ()):
-            cases.append(Case(f"saliencekit {vname}", sk_case(model, x, target, name, n, **speed), rows, name, "sk"))
-        if captum:
-            chunks = [(None, False)] + ([(c, cl) for cl in layouts for c in captum_chunks if c is not None]
-                                        if mi == 0 else ([best_captum] if best_captum else []))
-            for c, cl in chunks:
-                label = "Captum (default: all at once)" if c is None else \
-                    f"Captum{' channels_last' if cl else ''} chunk {c}"
-                cases.append(Case(label, captum_case(model, x, target, name, n, c, channels_last=cl), rows, name,
-                                  "captum"))
-        fchunks = [(c, cl) for cl in layouts for c in floor_chunks] if mi == 0 else [best_floor]
-        for c, cl in fchunks:
-            cases.append(Case(f"raw floor{' channels_last' if cl else ''}, chunk {c}",
-                              frozen_floor(model, x, target, n, c, channels_last=cl), rows, name, "floor"))
-        log(f"{name}: {len(cases)} cases x {repeats} rounds")
-        run_interleaved(cases, repeats, dev, memory=memory, log=log, warmup=warmup)
-        groups[name] = cases
-        if mi == 0:
-            tuned = [c for c in cases if c.kind == "captum" and c.name != "Captum (default: all at once)"]
-            if tuned:
-                best = min(tuned, key=lambda c: c.best)
-                best_captum = (int(best.name.rsplit(" ", 1)[1]), "channels_last" in best.name)
-            fl = min((c for c in cases if c.kind == "floor"), key=lambda c: c.best)
-            best_floor = (int(fl.name.rsplit(" ", 1)[1]), "channels_last" in fl.name)
-    key = perf.cache_key(x, perf.get_defaults())
-    chosen = perf.cached_chunk(model, key)
-    layout = perf._LAYOUT.get(model, {}).get(key)
-    return {"groups": groups, "cold_first_call_s": cold, "auto_chunk": chosen, "auto_layout": layout, "n": n,
-            "images": x.shape[0], "input": tuple(x.shape[1:]), "repeats": repeats, "warmup": warmup}
-
-
-def summary_rows(cases: Sequence[Case], stat: str = "best") -> Dict[str, float]:
-    """saliencekit's speed relative to Captum's default, Captum's best chunk and the best raw floor,
-    from each case's ``best`` (minimum) or ``median`` time. The best of a sweep of minima favours
-    the competitor (it keeps whichever case had the luckiest round); medians are steadier."""
-    t = (lambda c: c.best) if stat == "best" else (lambda c: c.median)
-    sk = next(c for c in cases if c.name == "saliencekit (default)")
-    out = {}
-    default = [c for c in cases if c.name == "Captum (default: all at once)"]
-    tuned = [c for c in cases if c.kind == "captum" and c.name != "Captum (default: all at once)"]
-    floors = [c for c in cases if c.kind == "floor"]
-    if default:
-        out["vs Captum default"] = t(default[0]) / t(sk)
-    if tuned:
-        out["vs Captum best chunk"] = min(t(c) for c in tuned) / t(sk)
-    if floors:
-        out["vs raw floor"] = min(t(c) for c in floors) / t(sk)
+    chunking.clear_cache()            # the first call calibrates (or compiles) as in a fresh process
+    first = _timed(call, dev)
+    seen.clear()
+    call()                            # warm: the chunk and layout every later call uses
+    rows, chunk = sum(seen), max(seen, default=0)
+    resolved = speed.resolve(settings.get("precision"), settings.get("channels_last"), settings.get("compile"))
+    layout = _chosen_layout(model, x, resolved)
+    floor = raw_floor(model, x, target, rows, chunk, resolved.precision, layout) if rows else None
+    if floor is not None:
+        floor()                       # warm-up
+    times, floor_times = [], []
+    for _ in range(repeats):
+        times.append(_timed(call, dev))
+        if floor is not None:
+            floor_times.append(_timed(floor, dev))
+    best = min(times)
+    out = {"method": method, "rows": rows, "chunk": chunk if rows else None, "channels_last": layout,
+           "first_s": first, "best_s": best, "median_s": statistics.median(times),
+           "ms_per_image": 1000 * best / x.shape[0], "rows_per_s": rows / best if rows else None,
+           "floor_rows_per_s": None, "share_of_floor": None}
+    if floor_times:
+        out["floor_rows_per_s"] = rows / min(floor_times)
+        out["share_of_floor"] = min(floor_times) / best
     return out
 
 
-GOALS = {"vs Captum default": 3.0, "vs Captum best chunk": 0.95, "vs raw floor": 0.9}
+def markdown(results: List[Tuple[str, str, Dict[str, Any]]], title: str) -> str:
+    """A markdown table of ``(name, setting, measure(...))`` rows."""
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
 
-
-def markdown(result: dict, title: str, goals: bool = True) -> str:
-    lines = [f"### {title}", ""]
-    lines.append(f"{result['images']} image(s) of {'x'.join(map(str, result['input']))}, n = {result['n']}, "
-                 f"best of {result['repeats']} interleaved rounds"
-                 f"{'' if result.get('warmup', True) else ' (no separate warm-up round)'}; "
-                 f"first saliencekit call including chunk "
-                 f"calibration: {result['cold_first_call_s']:.2f} s; automatic chunk chosen: "
-                 f"{result['auto_chunk'] if result['auto_chunk'] is not None else 'fixed rule (no calibration)'}"
-                 + {True: " in channels_last", False: " contiguous"}.get(result.get("auto_layout"), "") + ".")
-    lines.append("")
-    lines.append("| method | case | gradients | best s | median s | gradients/s | relative to saliencekit | "
-                 "peak extra memory MiB |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
-    for name, cases in result["groups"].items():
-        sk = next(c for c in cases if c.name == "saliencekit (default)")
-        for c in cases:
-            mem = f"{c.peak_bytes / 2**20:.0f}" if c.peak_bytes is not None else "-"
-            lines.append(f"| {name} | {c.name} | {c.rows} | {c.best:.2f} | {c.median:.2f} | {c.rate:.1f} | "
-                         f"{sk.best / c.best:.2f}x | {mem} |")
-    lines.append("")
-    lines.append("| method | " + " | ".join(GOALS) + " |")
-    lines.append("|---|" + "---:|" * len(GOALS))
-    for name, cases in result["groups"].items():
-        s = summary_rows(cases)
-        med = summary_rows(cases, "median") if result["repeats"] > 1 else {}
-        cells = []
-        for k, goal in GOALS.items():
-            if k not in s:
-                cells.append("-")
-                continue
-            mark = ("met" if s[k] >= goal else "MISSED") if goals else ""
-            m = f"; medians {med[k]:.2f}x" if k in med else ""
-            cells.append(f"{s[k]:.2f}x (goal >= {goal}x: {mark}{m})" if goals else f"{s[k]:.2f}x{m}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("Ratios are saliencekit's speed over the other's (> 1: saliencekit is faster); 'vs raw floor' "
-                 "is saliencekit's throughput as a share of the bare forward+backward at its best chunk. "
-                 "Verdicts use the best (minimum) times; the same ratios from the median times follow them "
-                 "(a best-of-sweep of minima keeps whichever competitor case had the luckiest round).")
+    lines = [f"### {title}", "",
+             "| method | setting | rows | chunk | layout | first call s | best s | median s | ms/image | rows/s | "
+             "floor rows/s | share of floor |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, setting, r in results:
+        layout = "channels_last" if r["channels_last"] else "contiguous"
+        lines.append(f"| {name} | {setting} | {r['rows']} | {num(r['chunk'], 'd')} | {layout} | {r['first_s']:.2f} | "
+                     f"{r['best_s']:.3f} | {r['median_s']:.3f} | {r['ms_per_image']:.1f} | "
+                     f"{num(r['rows_per_s'], '.1f')} | {num(r['floor_rows_per_s'], '.1f')} | "
+                     f"{num(r['share_of_floor'], '.0%')} |")
+    lines += ["", "rows: forward/backward rows of one call (images x samples x path steps). first call: includes "
+              "the chunk calibration (or compilation). share of floor: saliencekit's rows/s over the bare "
+              "forward + autograd.grad at the same chunk, layout and precision (eager)."]
     return "\n".join(lines)
 
 
 def machine() -> str:
+    """One line naming the CPU, torch and its threads, and the GPU if any."""
+    import os
+    import platform
+
+    import torch
+
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads){gpu}")
+    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}"
 
 
-# ---- the command ------------------------------------------------------------------------------
+@click.command("bench")
+@click.option("--model", default="efficientnet-lite0", show_default=True, help="Model name (see load_model).")
+@click.option("--method", "-m", "method_names", multiple=True,
+              help="Method or evaluation name (e.g. smoothgrad_square) to time, repeatable. Default: smoothgrad.")
+@click.option("--option", "-o", "extra", multiple=True,
+              help="Method option KEY=VALUE (JSON value), repeatable, e.g. -o n_samples=20.")
+@click.option("--images", default=2, show_default=True, type=POSITIVE, help="How many copies of the sample photos.")
+@click.option("--size", default=None, type=POSITIVE, help="Input size (default: the model's).")
+@click.option("--repeats", default=3, show_default=True, type=POSITIVE, help="Timed calls (best and median kept).")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--batch-size", default=None, type=POSITIVE, help="Rows per chunk (default: automatic).")
+@click.option("--precision", default=None, type=click.Choice(["fp32", "bf16", "fp16"]),
+              help="Also time each method at this precision (the default row stays fp32).")
+@click.option("--channels-last", is_flag=True, help="Also time each method with channels_last.")
+@click.option("--compile", "compile_", is_flag=True, help="Also time each method with torch.compile.")
+@click.option("--threads", default=None, type=POSITIVE,
+              help="torch intra-op threads (default: torch's; 1 helps on an oversubscribed CPU).")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Also write the table as markdown.")
+def bench_cmd(model, method_names, extra, images, size, repeats, device, batch_size, precision, channels_last,
+              compile_, threads, out):
+    """Time methods on MODEL here: ms/image, rows/s, the automatic chunk and layout, and the raw floor."""
+    import torch
 
-def register(main) -> None:
-    import click
+    from .. import data
+    from ..core.guard import forward_scores
+    from ..methods import REGISTRY
+    from ..models import get_preprocessing, load_model
 
-    @main.command("bench")
-    @click.option("--model", default="efficientnet-lite0", show_default=True, help="Model name (see load_model).")
-    @click.option("--method", "methods", multiple=True, type=click.Choice(sorted(SK_METHODS)),
-                  help="Method(s) to time (repeatable). Default: smoothgrad.")
-    @click.option("--n", "n", default=50, show_default=True, type=int, help="Noise samples / path steps.")
-    @click.option("--images", default=2, show_default=True, type=int, help="How many copies of the sample photos.")
-    @click.option("--size", default=None, type=int, help="Input size (default: the model's).")
-    @click.option("--repeats", default=3, show_default=True, type=int, help="Interleaved timed rounds (best is kept).")
-    @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
-    @click.option("--precision", default=None, type=click.Choice(["fp32", "bf16", "fp16"]),
-                  help="Also time saliencekit at this precision (the default run stays fp32).")
-    @click.option("--channels-last", is_flag=True, help="Also time saliencekit with channels_last.")
-    @click.option("--compile", "compile_", is_flag=True, help="Also time saliencekit with torch.compile.")
-    @click.option("--captum/--no-captum", default=True, show_default=True, help="Include Captum (when installed).")
-    @click.option("--threads", default=None, type=int,
-                  help="torch intra-op threads for the run (default: torch's; 1 helps on an oversubscribed CPU).")
-    @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Also write the table as markdown.")
-    def bench_cmd(model, methods, n, images, size, repeats, device, precision, channels_last, compile_, captum,
-                  threads, out):
-        """Time saliencekit against Captum and the raw forward+backward floor on this machine."""
-        from . import data
-        from .cli import resolve_device
-        from .models import get_preprocessing, load_model
+    opts = parse_options(extra)
+    cases = [(name, *_resolve_method(name)) for name in (method_names or ("smoothgrad",))]
+    if threads is not None:
+        torch.set_num_threads(threads)
+    device = resolve_device(device)
+    try:
+        net = load_model(model, device=device)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--model") from None
+    photos = [a for _, a in data.sample_images()]
+    x = data.load_images(photos, preprocessing=get_preprocessing(net), device=device, size=size)
+    x = torch.cat([x] * ((images + x.shape[0] - 1) // x.shape[0]))[:images]
+    with torch.no_grad():
+        target = forward_scores(net, x).argmax(1)
+    settings = [("default", {})]
+    if precision and precision != "fp32":
+        settings.append((precision, {"precision": precision}))
+    if channels_last:
+        settings.append(("channels_last", {"channels_last": True}))
+    if compile_:
+        settings.append(("compile", {"compile": True}))
 
-        for name, v, lo in (("--n", n, 1), ("--images", images, 1), ("--repeats", repeats, 1)):
-            if v < lo:
-                raise click.BadParameter(f"expected an integer >= {lo}, got {v}", param_hint=name)
-        if threads is not None:
-            if threads < 1:
-                raise click.BadParameter(f"expected an integer >= 1, got {threads}", param_hint="--threads")
-            torch.set_num_threads(threads)
-        device = resolve_device(device)
-        try:
-            net = load_model(model, device=device)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--model") from None
-        spec = get_preprocessing(net)
-        photos = [a for _, a in data.sample_images()]
-        x = data.load_images(photos, preprocessing=spec, device=device, size=size)
-        x = torch.cat([x] * ((images + x.shape[0] - 1) // x.shape[0]))[:images]
-        if captum and not captum_available():
-            click.echo("Captum is not installed: timing saliencekit and the raw floor only", err=True)
-            captum = False
-        variants = {}
-        if precision and precision != "fp32":
-            variants[precision] = {"precision": precision}
-        if channels_last:
-            variants["channels_last"] = {"channels_last": True}
-        if compile_:
-            variants["compile"] = {"compile": True}
-        names = list(methods) or ["smoothgrad"]
-        click.echo(f"machine: {machine()}")
-        res = compare(net, x, names, n=n, repeats=repeats, captum=captum, variants=variants,
-                      log=lambda s: click.echo(s, err=True))
-        text = markdown(res, f"{model} on {device}", goals=False)
-        click.echo(text)
-        if out:
-            with open(out, "w") as f:
-                f.write(f"machine: {machine()}\n\n{text}\n")
-            click.echo(f"wrote {out}")
+    click.echo(f"machine: {machine()}")
+    results = []
+    for name, method, fixed in cases:
+        options = {**fixed, **for_method(opts, REGISTRY[method].defaults)}
+        for label, speed_kwargs in settings:
+            click.echo(f"timing {name} ({label}) ...", err=True)
+            try:
+                r = measure(net, x, target, method, options, speed_kwargs, repeats, batch_size)
+            except (ValueError, TypeError) as err:
+                raise click.ClickException(f"{name}: {err}") from None
+            results.append((name, label, r))
+    shape = "x".join(map(str, x.shape[1:]))
+    text = markdown(results, f"{model} on {device}, {images} image(s) of {shape}, best of {repeats}")
+    click.echo(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(f"machine: {machine()}\n\n{text}\n")
+        click.echo(f"wrote {out}")

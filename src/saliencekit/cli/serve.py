@@ -1,42 +1,45 @@
-"""``saliencekit serve``: the interactive explorer (registered on the main CLI by ``cli.py``)."""
+"""``saliencekit serve``: the interactive web explorer."""
 
 from __future__ import annotations
 
 import click
 
+from .options import resolve_device
+
 
 def register(main: click.Group) -> None:
-    @main.command("serve")
-    @click.option("--host", default="127.0.0.1", show_default=True,
-                  help="Interface to bind. The default is loopback only; anything else exposes the server.")
-    @click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
-    @click.option("--model", default="efficientnet-lite0", show_default=True, help="Model name for load_model.")
-    @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
-    @click.option("--max-upload-mb", default=10.0, show_default=True, type=click.FloatRange(0.01, 200),
-                  help="Largest accepted upload.")
-    def serve_cmd(host, port, model, device, max_upload_mb):
-        """Start the web explorer: upload a photo, compare saliency maps, download them."""
-        from . import resolve_device
+    main.add_command(serve_cmd)
 
-        device = resolve_device(device)
-        try:
-            import uvicorn
 
-            from ..web.app import LOOPBACK_HOSTS, create_app, is_loopback
-        except ImportError as e:  # pragma: no cover - declared dependencies
-            raise click.ClickException(f"the web explorer needs starlette and uvicorn ({e}); "
-                                       f"reinstall saliencekit") from None
-        from ..models import load_model
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind. The default is loopback only; anything else exposes the server.")
+@click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--model", default="efficientnet-lite0", show_default=True, help="Model name for load_model.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--max-upload-mb", default=10.0, show_default=True, type=click.FloatRange(0.01, 200),
+              help="Largest accepted upload.")
+def serve_cmd(host, port, model, device, max_upload_mb):
+    """Start the web explorer: upload a photo, compare saliency maps, download them."""
+    device = resolve_device(device)
+    try:
+        import uvicorn
 
-        try:
-            net = load_model(model, device=device)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--model") from None
-        if not is_loopback(host):
-            click.echo(f"warning: binding to {host}: the explorer is reachable from other machines; it has no "
-                       f"authentication.", err=True)
-        app = create_app(net, model, max_upload_bytes=int(max_upload_mb * 1_000_000),
-                         allowed_hosts=LOOPBACK_HOSTS if is_loopback(host) else None)
-        shown = f"[{host}]" if ":" in host else host
-        click.echo(f"saliencekit explorer: http://{shown}:{port}/  (model {model} on {device}; Ctrl+C to stop)")
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        from ..web.app import LOOPBACK_HOSTS, create_app, is_loopback
+    except ImportError as e:  # pragma: no cover - declared dependencies
+        raise click.ClickException(f"the web explorer needs starlette and uvicorn ({e}); "
+                                   f"reinstall saliencekit") from None
+    from ..models import load_model
+
+    try:
+        net = load_model(model, device=device)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--model") from None
+    if not is_loopback(host):
+        click.echo(f"warning: binding to {host}: the explorer is reachable from other machines; it has no "
+                   f"authentication.", err=True)
+    app = create_app(net, model, max_upload_bytes=int(max_upload_mb * 1_000_000),
+                     allowed_hosts=LOOPBACK_HOSTS if is_loopback(host) else None)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"saliencekit explorer: http://{shown}:{port}/  (model {model} on {device}; Ctrl+C to stop)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,7 @@
+"""``python -m saliencekit.cli``: the same as the ``saliencekit`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
