@@ -21,6 +21,7 @@ ray = pytest.importorskip("ray")
 from saliencekit import data, load_model  # noqa: E402
 from saliencekit.evaluation import ray as dist  # noqa: E402
 from saliencekit.evaluation import run as ev  # noqa: E402
+from saliencekit.evaluation import store as st  # noqa: E402
 from saliencekit.models import get_preprocessing  # noqa: E402
 
 MODEL = "efficientnet-lite0"
@@ -71,6 +72,16 @@ def local(model, images):
     return one_thread(ev.evaluate_images, model, images, **KW)
 
 
+def stored(out, images):
+    """The block store as a run with KW on 1-CPU workers sees it."""
+    kw = {k: v for k, v in KW.items() if k not in ("methods", "metrics")}
+    return st.BlockStore(out, [n for n, _ in images], KW["methods"], KW["metrics"], model=MODEL, threads=1, **kw)
+
+
+def entries(out, k):
+    return sorted((out / "blocks").glob(f"block_{k:04d}.*.json"))
+
+
 def keys(rows):
     return [(r["image"], r["method"], r["metric"]) for r in rows]
 
@@ -88,11 +99,11 @@ def test_rows_equal_local_backend(cluster, images, local, tmp_path):
     res = dist.evaluate_images_ray(MODEL, images, out_dir=tmp_path, **RAY, on_block=delivered.append, **KW)
     assert_same(res, local)
     assert len(delivered) == 2  # once per block
+    store = stored(tmp_path, images)
+    assert store.finished == {(k, m) for k in range(2) for m in KW["methods"]}
     for k in range(2):  # each block on disk, complete, equal to what was delivered
-        stored = dist.read_block(tmp_path, k)
-        assert stored is not None
-        assert sorted(keys(stored.rows)) == sorted(keys(r for b in delivered for r in b.rows
-                                                        if r["image"] in {n for n, _ in images[2 * k:2 * k + 2]}))
+        block = store.block(k)
+        assert block.rows == next(b.rows for b in delivered if b.rows[0]["image"] == images[2 * k][0])
     assert not [p for p in (tmp_path / "blocks").iterdir() if p.name.endswith(".tmp")]
 
 
@@ -114,39 +125,38 @@ def test_rows_do_not_depend_on_blocks_or_positions(model, images, local, tmp_pat
 
 
 @pytest.mark.parametrize("ray_retries", [2, 0], ids=["ray-restarts-actor", "driver-resubmits"])
-def test_worker_killed_mid_run(cluster, images, local, tmp_path, ray_retries):
+def test_worker_killed_mid_run(cluster, images, local, tmp_path, ray_retries, monkeypatch):
     # The first worker to start block 1 dies abruptly (os._exit). Ray restarts the actor and retries
     # the block (ray_retries=2), or, with Ray's retries off, the driver resubmits it to a fresh actor.
     marker = tmp_path / "crashed"
+    monkeypatch.setattr(dist, "_CRASH_ONCE", (1, str(marker)))
     delivered = []
     res = dist.evaluate_images_ray(MODEL, images, out_dir=tmp_path / "out", **RAY, on_block=delivered.append,
-                                   max_restarts=ray_retries, max_task_retries=ray_retries,
-                                   _crash_once=(1, str(marker)), **KW)
+                                   max_restarts=ray_retries, max_task_retries=ray_retries, **KW)
     assert marker.is_file()  # a worker really died
     assert int(marker.read_text()) != os.getpid()
     assert_same(res, local)
     assert len(delivered) == 2
-    written = [r for k in range(2) for r in dist.read_block(tmp_path / "out", k).rows]
-    assert sorted(keys(written)) == sorted(keys(local.rows))  # complete and not duplicated on disk
+    assert stored(tmp_path / "out", images).assemble().rows == local.rows  # complete and not duplicated on disk
 
 
-def test_resume_from_finished_blocks(cluster, images, local, tmp_path):
+def test_resume_from_finished_blocks(cluster, images, local, tmp_path, monkeypatch):
     out = tmp_path / "out"
     no_retry = dict(max_restarts=0, max_task_retries=0, max_attempts=1)
     # Run 1: block 1's worker dies and may not be retried -> error, but block 0 is finished and kept.
+    monkeypatch.setattr(dist, "_CRASH_ONCE", (1, str(tmp_path / "m1")))
     with pytest.raises(RuntimeError, match="block 1"):
-        dist.evaluate_images_ray(MODEL, images, out_dir=out, **RAY, _crash_once=(1, str(tmp_path / "m1")),
-                                 **no_retry, **KW)
-    assert dist.read_block(out, 0) is not None
-    assert dist.read_block(out, 1) is None
-    before = (out / "blocks" / "block_0000.csv").stat().st_mtime_ns
+        dist.evaluate_images_ray(MODEL, images, out_dir=out, **RAY, **no_retry, **KW)
+    assert stored(out, images).finished == {(0, m) for m in KW["methods"]}
+    assert entries(out, 1) == []
+    before = [p.stat().st_mtime_ns for p in entries(out, 0)]
     # Run 2: block 0 must come from disk. Were it recomputed, its worker would die (no retries) and
     # the run would fail; block 1 is computed.
+    monkeypatch.setattr(dist, "_CRASH_ONCE", (0, str(tmp_path / "m2")))
     delivered = []
-    res = dist.evaluate_images_ray(MODEL, images, out_dir=out, **RAY, on_block=delivered.append,
-                                   _crash_once=(0, str(tmp_path / "m2")), **no_retry, **KW)
+    res = dist.evaluate_images_ray(MODEL, images, out_dir=out, **RAY, on_block=delivered.append, **no_retry, **KW)
     assert not (tmp_path / "m2").exists()
-    assert (out / "blocks" / "block_0000.csv").stat().st_mtime_ns == before
+    assert [p.stat().st_mtime_ns for p in entries(out, 0)] == before
     assert_same(res, local)
     assert len(delivered) == 2
 
@@ -166,9 +176,13 @@ def test_cli_ray_backend_writes_the_same_files(cluster, tmp_path):
     for f in ("results.csv", "curves.csv", "extras.csv", "summary.md"):
         assert (tmp_path / "ray" / f).read_bytes() == (tmp_path / "local" / f).read_bytes(), f
     assert (tmp_path / "ray" / "bars.png").is_file() and (tmp_path / "ray" / "curves.png").is_file()
-    assert sorted(p.name for p in (tmp_path / "ray" / "blocks").glob("block_*[0-9].csv")) == \
-        ["block_0000.csv", "block_0001.csv"]
+    assert sorted(p.name for p in (tmp_path / "ray" / "blocks").iterdir()) == \
+        [f"block_000{k}.{m}.json" for k in range(2) for m in ("gradient", "random")]
     # A re-run resumes: nothing left to compute, same results.
     again = runner.invoke(main, args + ["--out", str(tmp_path / "ray"), "--backend", "ray", "--workers", "2"])
     assert again.exit_code == 0, again.output
+    assert "resuming: 4 finished" in again.output
     assert (tmp_path / "ray" / "results.csv").read_bytes() == (tmp_path / "local" / "results.csv").read_bytes()
+    # One store for both backends: the one-thread local run resumes from the Ray run's store.
+    loc = one_thread(runner.invoke, main, args + ["--out", str(tmp_path / "ray")])
+    assert loc.exit_code == 0 and "resuming: 4 finished" in loc.output, loc.output

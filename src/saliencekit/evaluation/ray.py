@@ -1,53 +1,41 @@
 """Dataset-scale evaluation on a Ray cluster (``saliencekit evaluate --backend ray``).
 
-The image list is cut into the same contiguous blocks the local backend uses (``block_size``).
-Each block goes to a Ray actor that loaded the model once; the actor runs the evaluation core itself
-(:func:`saliencekit.evaluation.evaluate_images` on exactly that block: same engine, same seeds, noise
-keyed by the image's name) and returns the block's rows. The driver writes every finished block to
-``OUT/blocks/block_XXXX.csv`` (plus ``.curves.csv``, ``.timings.csv``, ``.extras.csv``) atomically
-(temporary file, then rename; the rows file last), so a block is either complete on disk or absent,
-and hands the rows to the same writer as the local backend (``results.csv``, summary, plots).
+The work is the local backend's: the same block store (``evaluation.store``: contiguous blocks of
+``block_size`` images, one entry per finished (block, method)), the same evaluation core. Each
+block with methods left to compute goes to a Ray actor that loaded the model once; the actor runs
+:func:`saliencekit.evaluation.evaluate_images` on exactly that block (same engine, same seeds,
+noise keyed by the image's name) and returns its rows. The driver writes them to the store, so a
+block's methods are either complete on disk or absent, and a re-run with the same ``OUT`` (Ray or
+local, with the same settings) computes only what is missing.
 
-Fault tolerance:
-
-* a worker process that dies (crash, OOM kill, lost node) takes only its block with it: Ray
-  restarts the actor (``max_restarts``) and retries the block (``max_task_retries``); if Ray gives
-  up, the driver starts a fresh actor and resubmits the block, at most ``max_attempts`` times;
-* a re-run with the same ``OUT`` reuses every block file whose configuration and image list are
-  unchanged (``OUT/blocks/manifest.json``) and recomputes only the rest; each (image, method,
-  metric) is delivered once (a duplicate is an error, never a second row).
+Fault tolerance: a worker process that dies (crash, OOM kill, lost node) takes only its block with
+it. Ray restarts the actor (``max_restarts``) and retries the block (``max_task_retries``); if Ray
+gives up, the driver starts a fresh actor and resubmits the block, at most ``max_attempts`` times.
 
 Results equal the local backend's bit for bit because the blocks are the same: on CPU, float sums
-depend on the batch composition and on the number of torch threads (at the 1e-7 level), so keep
-``block_size`` and compare with a local run that uses as many threads as a worker
-(``num_cpus_per_worker``, default 1). Ray is imported lazily: the local backend never needs it.
+depend on the number of torch threads (at the 1e-7 level), so compare with a local run that uses as
+many threads as a worker (``num_cpus_per_worker``, default 1). Ray is imported lazily: the local
+backend never needs it. See docs/distributed.md.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import io
-import json
 import os
-import tempfile
 import time
 import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-BLOCKS_DIR = "blocks"
-MANIFEST = "manifest.json"
+from ..core import checks
+from .store import BlockStore
+
 RAY_MISSING = ("--backend ray needs Ray, which is not installed; install it with "
                "`pip install 'saliencekit[ray]'` (or `pip install 'ray>=2.9'`)")
-# the tables of an EvalResult, their columns and column types; "rows" is written last (commit marker)
-TABLES = {
-    "curves": (("image", "method", "metric", "step", "value"), (str, str, str, int, float)),
-    "timings": (("image", "method", "stage", "seconds"), (str, str, str, float)),
-    "extras": (("image", "method", "key", "value"), (str, str, str, float)),
-    "rows": (("image", "class_index", "method", "metric", "value"), (str, int, str, str, float)),
-}
+# Fault injection for the tests: (block index, marker file). The first worker to start that block
+# creates the marker and dies abruptly (os._exit); the marker makes it happen once per run.
+_CRASH_ONCE: Optional[Tuple[int, str]] = None
 
 
 def require_ray():
@@ -65,121 +53,6 @@ def ray_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-# ---- block files ---------------------------------------------------------------------------------
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see either no file / the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def block_path(out_dir: Path, index: int, table: str = "rows") -> Path:
-    suffix = ".csv" if table == "rows" else f".{table}.csv"
-    return Path(out_dir) / BLOCKS_DIR / f"block_{index:04d}{suffix}"
-
-
-def _cell(v: Any) -> str:
-    return repr(float(v)) if isinstance(v, float) else str(v)  # repr round-trips floats exactly
-
-
-def write_block(out_dir: Path, index: int, result) -> None:
-    """Write one block's tables; the rows file last, so its presence means the block is complete."""
-    for table, (fields, _) in TABLES.items():
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(fields)
-        for r in getattr(result, table):
-            w.writerow([_cell(r[f]) for f in fields])
-        atomic_write_text(block_path(out_dir, index, table), buf.getvalue())
-
-
-def read_block(out_dir: Path, index: int):
-    """The EvalResult stored for a block, or None when the block is not (completely) on disk."""
-    from .run import EvalResult
-
-    if not block_path(out_dir, index).is_file():
-        return None
-    res = EvalResult()
-    for table, (fields, types) in TABLES.items():
-        p = block_path(out_dir, index, table)
-        if not p.is_file():
-            return None
-        with p.open(newline="") as f:
-            rd = csv.reader(f)
-            if next(rd, None) != list(fields):
-                return None
-            getattr(res, table).extend({k: t(v) for k, t, v in zip(fields, types, line)} for line in rd)
-    return res
-
-
-def _remove_block(out_dir: Path, index: int) -> None:
-    for table in ("rows",) + tuple(t for t in TABLES if t != "rows"):  # commit marker first
-        p = block_path(out_dir, index, table)
-        if p.exists():
-            p.unlink()
-
-
-def plan_blocks(names: Sequence[str], block_size: int) -> List[List[str]]:
-    """Contiguous blocks of ``block_size`` names, in list order (exactly the local backend's blocks)."""
-    if isinstance(block_size, bool) or not isinstance(block_size, int):
-        raise TypeError(f"block_size: expected a positive int, got {type(block_size).__name__}")
-    if block_size < 1:
-        raise ValueError(f"block_size: expected a positive int, got {block_size}")
-    return [list(names[i:i + block_size]) for i in range(0, len(names), block_size)]
-
-
-def config_key(config: Dict[str, Any]) -> str:
-    """A stable fingerprint of everything that changes the rows (model, methods, metrics, seed, ...)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=repr).encode()).hexdigest()[:16]
-
-
-def sync_manifest(out_dir: Path, config: Dict[str, Any], blocks: List[List[str]], overwrite: bool = False) -> int:
-    """Delete block files that no longer match (configuration or image list), then record the plan.
-
-    Deleting comes before the new manifest is written, so an interruption in between can only
-    cost recomputation, never a stale block. Returns the number of block files deleted.
-    """
-    bdir = Path(out_dir) / BLOCKS_DIR
-    bdir.mkdir(parents=True, exist_ok=True)
-    mpath = bdir / MANIFEST
-    key = config_key(config)
-    old_blocks: List[List[str]] = []
-    if mpath.is_file() and not overwrite:
-        try:
-            old = json.loads(mpath.read_text())
-            if old.get("config_key") == key:
-                old_blocks = old.get("blocks", [])
-        except (OSError, ValueError, AttributeError):
-            old_blocks = []
-    removed = 0
-    indices = set()
-    for p in bdir.glob("block_*.csv"):
-        try:
-            indices.add(int(p.name[len("block_"):].split(".", 1)[0]))
-        except ValueError:
-            continue
-    for k in sorted(indices):
-        if not (k < len(blocks) and k < len(old_blocks) and old_blocks[k] == blocks[k]):
-            _remove_block(out_dir, k)
-            removed += 1
-    atomic_write_text(mpath, json.dumps({"config_key": key, "config": config, "blocks": blocks}, indent=1,
-                                        default=repr))
-    return removed
 
 
 # ---- shipping images to workers ------------------------------------------------------------------
@@ -220,8 +93,8 @@ def evaluate_block(model, images: Sequence[Tuple[str, Any]], **config):
     import torch
 
     from .. import data
-    from .run import evaluate_images
     from ..models import get_preprocessing
+    from .run import evaluate_images
 
     spec = get_preprocessing(model)
     imgs = [(n, s if isinstance(s, torch.Tensor) else data.load_images(s, preprocessing=spec, normalize=False)[0])
@@ -231,18 +104,10 @@ def evaluate_block(model, images: Sequence[Tuple[str, Any]], **config):
 
 # ---- the worker ----------------------------------------------------------------------------------
 
-def import_ref(ref: str) -> Callable:
-    """``"package.module:function"`` -> the function."""
-    import importlib
-
-    mod, _, name = ref.partition(":")
-    return getattr(importlib.import_module(mod), name)
-
-
 class BlockWorker:
-    """Loads the model once, then evaluates blocks with ``block_fn`` (wrapped by ``ray.remote``)."""
+    """Loads the model once, then evaluates blocks with :func:`evaluate_block` (wrapped by ``ray.remote``)."""
 
-    def __init__(self, model: Any, device: str, threads: Optional[int], block_fn: str):
+    def __init__(self, model: Any, device: str, threads: Optional[int]):
         import torch
 
         if threads:
@@ -253,7 +118,6 @@ class BlockWorker:
             self.model = load_model(model, device=device)
         else:  # a picklable zero-argument factory
             self.model = model().to(device).eval()
-        self.block_fn = import_ref(block_fn)
 
     def pid(self) -> int:
         return os.getpid()
@@ -261,7 +125,6 @@ class BlockWorker:
     def run(self, index: int, items: List[Tuple[str, Tuple[str, Any]]], config: Dict[str, Any],
             crash_once: Optional[Tuple[int, str]] = None):
         if crash_once is not None and crash_once[0] == index:
-            # test hook: the first worker to reach this block dies abruptly (the marker file makes it once)
             try:
                 fd = os.open(crash_once[1], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
@@ -270,7 +133,7 @@ class BlockWorker:
                 os.write(fd, str(os.getpid()).encode())
                 os.close(fd)
                 os._exit(1)
-        return self.block_fn(self.model, [(n, _unpack(n, p)) for n, p in items], **config)
+        return evaluate_block(self.model, [(n, _unpack(n, p)) for n, p in items], **config)
 
 
 # ---- the driver ----------------------------------------------------------------------------------
@@ -318,42 +181,44 @@ def _check_reachable(address: Optional[str], timeout: float = 10.0) -> None:
                               f"Ray instance") from None
 
 
-def _check_number(name: str, v, positive: bool) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"{name}: expected a number, got {type(v).__name__}")
-    if not (v > 0 if positive else v >= 0) or v != v or v == float("inf"):
-        raise ValueError(f"{name}: expected a finite {'positive' if positive else 'non-negative'} number, got {v}")
-    return float(v)
+def _check_model(model: Any) -> None:
+    if not isinstance(model, str) and not callable(model):
+        raise TypeError(f"model: expected a model name or a picklable zero-argument factory, got "
+                        f"{type(model).__name__} (Ray workers load the model themselves)")
+
+
+def _model_key(model: Any) -> str:
+    """What names ``model`` (a model name, or a zero-argument factory) in the store and the actor pool."""
+    if isinstance(model, str):
+        return model
+    return f"{getattr(model, '__module__', '')}.{getattr(model, '__qualname__', repr(model))}"
 
 
 def run_blocks(blocks: Dict[int, List[Tuple[str, Any]]], on_block: Callable[[int, Any], None], *,
                model: Any, config: Dict[str, Any], per_block: Optional[Dict[int, Dict[str, Any]]] = None,
-               block_fn: str = "saliencekit.distributed:evaluate_block",
                device: str = "cpu", workers: Optional[int] = None, address: Optional[str] = None,
                num_gpus_per_worker: float = 0.0, num_cpus_per_worker: float = 1, threads: Optional[int] = None,
-               max_restarts: int = 2, max_task_retries: int = 2, max_attempts: int = 3, keep_workers: bool = False,
-               _crash_once: Optional[Tuple[int, str]] = None) -> Dict[str, Any]:
+               max_restarts: int = 2, max_task_retries: int = 2, max_attempts: int = 3,
+               keep_workers: bool = False) -> Dict[str, Any]:
     """Evaluate ``blocks`` (``{index: [(name, tensor | path | array), ...]}``) on Ray actors.
 
     Each actor loads ``model`` (a name for ``load_model``, or a picklable zero-argument factory)
-    once and calls ``block_fn`` (``"module:function"``, called as ``fn(model, items, **config)``)
-    per block (``per_block[index]``, if given, adds to ``config``). ``on_block(index, result)`` runs
-    on the driver as each block finishes, exactly once per block. A worker that dies is restarted
-    by Ray and its block retried (``max_restarts``, ``max_task_retries``); when Ray gives up, the
-    block goes to a fresh actor, at most ``max_attempts`` times in all. Uses the running Ray
-    instance if there is one, else connects to ``address`` (``"auto"``, ``"HOST:PORT"``, or
-    ``None`` for a new local instance) and shuts down what it started. ``keep_workers``: in a Ray
-    session the caller started, keep the actors (and their loaded model) for the next call with the
-    same settings, until :func:`shutdown_workers`. Returns statistics: workers, attempts per block,
-    seconds.
+    once and calls :func:`evaluate_block` per block with ``config`` (``per_block[index]``, if
+    given, adds to it). ``on_block(index, result)`` runs on the driver as each block finishes,
+    exactly once per block. A worker that dies is restarted by Ray and its block retried
+    (``max_restarts``, ``max_task_retries``); when Ray gives up, the block goes to a fresh actor, at
+    most ``max_attempts`` times in all. Uses the running Ray instance if there is one, else connects
+    to ``address`` (``"auto"``, ``"HOST:PORT"``, or ``None`` for a new local instance) and shuts
+    down what it started. ``keep_workers``: in a Ray session the caller started, keep the actors
+    (and their loaded model) for the next call with the same settings, until
+    :func:`shutdown_workers`. Returns statistics: workers, attempts per block, seconds.
     """
     ray = require_ray()
     import ray.exceptions as rex
 
-    num_gpus_per_worker = _check_number("num_gpus_per_worker", num_gpus_per_worker, positive=False)
-    num_cpus_per_worker = _check_number("num_cpus_per_worker", num_cpus_per_worker, positive=True)
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers: expected a positive int or None, got {workers!r}")
+    num_gpus_per_worker = checks.nonneg_float("num_gpus_per_worker", num_gpus_per_worker)
+    num_cpus_per_worker = checks.positive_float("num_cpus_per_worker", num_cpus_per_worker)
+    checks.optional_positive_int("workers", workers)
     if address is not None and not isinstance(address, str):
         raise TypeError(f"address: expected 'auto', 'HOST:PORT' or None, got {type(address).__name__}")
     if not blocks:
@@ -363,6 +228,7 @@ def run_blocks(blocks: Dict[int, List[Tuple[str, Any]]], on_block: Callable[[int
         device = "cuda"  # Ray sets CUDA_VISIBLE_DEVICES: the worker's share is cuda:0
     if threads is None:
         threads = max(1, int(num_cpus_per_worker))
+    crash_once = _CRASH_ONCE
 
     started = False
     if not ray.is_initialized():
@@ -376,16 +242,14 @@ def run_blocks(blocks: Dict[int, List[Tuple[str, Any]]], on_block: Callable[[int
     t0 = time.perf_counter()
     actor_cls = ray.remote(BlockWorker).options(num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker,
                                                 max_restarts=max_restarts, max_task_retries=max_task_retries)
-    model_key = model if isinstance(model, str) else \
-        f"{getattr(model, '__module__', '')}.{getattr(model, '__qualname__', repr(model))}"
-    pool_key = (ray.get_runtime_context().get_job_id(), model_key, device, threads, num_cpus_per_worker,
-                num_gpus_per_worker, max_restarts, max_task_retries, block_fn)
+    pool_key = (ray.get_runtime_context().get_job_id(), _model_key(model), device, threads, num_cpus_per_worker,
+                num_gpus_per_worker, max_restarts, max_task_retries)
     keep = keep_workers and not started
     actors: List[Any] = _take_pool(ray, pool_key if keep else None)  # kept actors of other settings: killed
     dead: set = set()
 
     def new_actor():
-        a = actor_cls.remote(model, device, threads, block_fn)
+        a = actor_cls.remote(model, device, threads)
         actors.append(a)
         return a
 
@@ -408,7 +272,7 @@ def run_blocks(blocks: Dict[int, List[Tuple[str, Any]]], on_block: Callable[[int
                 attempts[k] += 1
                 items = [(name, _pack(name, src)) for name, src in blocks[k]]
                 cfg = dict(config, **(per_block or {}).get(k, {}))
-                inflight[a.run.remote(k, items, cfg, _crash_once)] = (k, a)
+                inflight[a.run.remote(k, items, cfg, crash_once)] = (k, a)
             (ref,), _ = ray.wait(list(inflight), num_returns=1)
             k, a = inflight.pop(ref)
             try:
@@ -479,113 +343,101 @@ def shutdown_workers() -> None:
 
 # ---- the backend ---------------------------------------------------------------------------------
 
+def evaluate_on_ray(store: BlockStore, model: Any, images: Sequence[Tuple[str, Any]], *,
+                    progress: Optional[Callable[[int], None]] = None,
+                    on_block: Optional[Callable[[Any], None]] = None, workers: Optional[int] = None,
+                    address: Optional[str] = None, num_gpus_per_worker: float = 0.0,
+                    num_cpus_per_worker: Optional[float] = None, max_restarts: int = 2, max_task_retries: int = 2,
+                    max_attempts: int = 3, keep_workers: bool = False):
+    """The Ray backend: compute on Ray actors what ``store`` lacks, block by block.
+
+    ``model``: a model name (each worker loads it with ``load_model(model, store.device)``) or a
+    picklable zero-argument factory. ``images``: ``(name, pixels)`` or ``(name, path)`` with the
+    store's names; paths are read by the driver and decoded on the worker. Workers run on
+    ``store.device`` with ``store.threads`` torch threads; ``num_cpus_per_worker`` (default
+    ``store.threads``) is what each reserves. ``on_block(result)`` receives each block's results
+    once (its stored methods included), in completion order; ``progress(k)`` counts images x
+    methods. Returns the run's results (``store.assemble()``).
+    """
+    _check_model(model)
+    num_gpus_per_worker = checks.nonneg_float("num_gpus_per_worker", num_gpus_per_worker)
+    if num_cpus_per_worker is None:
+        num_cpus_per_worker = store.threads
+    num_cpus_per_worker = checks.positive_float("num_cpus_per_worker", num_cpus_per_worker)
+    if max(1, int(num_cpus_per_worker)) != store.threads:
+        raise ValueError(f"num_cpus_per_worker: {num_cpus_per_worker:g} CPUs give workers "
+                         f"{max(1, int(num_cpus_per_worker))} torch thread(s), but the store is for {store.threads}")
+    if num_gpus_per_worker > 0 and store.device != "cuda":
+        raise ValueError(f"num_gpus_per_worker: GPU workers compute on 'cuda', but the store is for {store.device!r}")
+    source = dict(images)
+    if list(source) != store.names:
+        raise ValueError("images: expected the store's images, in the store's order")
+
+    delivered: set = set()
+
+    def deliver(k: int) -> None:
+        if k in delivered:
+            raise RuntimeError(f"block {k}: delivered twice")
+        delivered.add(k)
+        if on_block is not None:
+            on_block(store.block(k))
+        if progress is not None:
+            progress(len(store.blocks[k]) * len(store.methods))
+
+    todo: Dict[int, List[Tuple[str, Any]]] = {}
+    per_block: Dict[int, Dict[str, Any]] = {}
+    for k, block in enumerate(store.blocks):
+        methods = store.todo(k)
+        if not methods:
+            deliver(k)
+            continue
+        todo[k] = [(n, source[n]) for n in block]
+        per_block[k] = {"methods": methods, "labels": {n: store.labels[n] for n in block if n in store.labels}}
+
+    def finished(k: int, res) -> None:
+        store.put(res)
+        deliver(k)
+
+    run_blocks(todo, finished, model=model, config={"metrics": store.metrics, **store.arguments},
+               per_block=per_block, device=store.device, workers=workers, address=address,
+               num_gpus_per_worker=num_gpus_per_worker, num_cpus_per_worker=num_cpus_per_worker,
+               threads=store.threads, max_restarts=max_restarts, max_task_retries=max_task_retries,
+               max_attempts=max_attempts, keep_workers=keep_workers)
+    return store.assemble()
+
+
 def evaluate_images_ray(model: Any, images: Sequence[Tuple[str, Any]], methods: Sequence[str],
                         metrics: Sequence[str], seed: int = 0, labels: Optional[Dict[str, int]] = None,
                         target: str = "predicted", method_options: Optional[Dict[str, Dict[str, Any]]] = None,
                         metric_options: Optional[Dict[str, Dict[str, Any]]] = None, block_size: int = 8,
-                        done: Optional[set] = None, batch_size: Optional[int] = None,
-                        progress: Optional[Callable[[int], None]] = None,
+                        batch_size: Optional[int] = None, progress: Optional[Callable[[int], None]] = None,
                         on_block: Optional[Callable[[Any], None]] = None, channels_last: bool = False, *,
-                        out_dir: Any,
-                        device: str = "cpu", workers: Optional[int] = None, address: Optional[str] = None,
-                        num_gpus_per_worker: float = 0.0, num_cpus_per_worker: float = 1,
-                        overwrite: bool = False, max_restarts: int = 2, max_task_retries: int = 2,
-                        max_attempts: int = 3, keep_workers: bool = False,
-                        _crash_once: Optional[Tuple[int, str]] = None):
-    """:func:`saliencekit.evaluation.evaluate_images` on a Ray cluster, block by block.
+                        out_dir: Any, device: str = "cpu", workers: Optional[int] = None,
+                        address: Optional[str] = None, num_gpus_per_worker: float = 0.0,
+                        num_cpus_per_worker: float = 1, overwrite: bool = False, max_restarts: int = 2,
+                        max_task_retries: int = 2, max_attempts: int = 3, keep_workers: bool = False):
+    """:func:`saliencekit.evaluation.evaluate_images` on a Ray cluster, resumable through ``out_dir``.
 
-    Same arguments and result as the local core (``EvalResult``; ``on_block`` is called once per
-    block, in completion order), except that ``model`` is a model name (each worker loads it with
-    ``load_model(model, device)``) or a picklable zero-argument factory, and ``images`` may also be
-    ``(name, path)``. Finished blocks go to ``out_dir/blocks/``; a re-run with the same ``out_dir``
-    and configuration takes them from there. ``(image, method)`` pairs in ``done`` are skipped as
-    in the local core. The returned rows are in the local backend's block order.
+    The local core's arguments and result (``EvalResult``, rows in the local core's order), except
+    that ``model`` is a model name or a picklable zero-argument factory (see
+    :func:`evaluate_on_ray`), ``images`` may also be ``(name, path)``, and ``on_block`` is called
+    once per block. Finished (block, method) results go to the block store in
+    ``out_dir/blocks/``; a re-run with the same ``out_dir`` and configuration takes them from
+    there (``overwrite=True``: recompute everything).
     """
-    from . import run as ev
-    from . import variants
+    _check_model(model)
+    num_cpus_per_worker = checks.positive_float("num_cpus_per_worker", num_cpus_per_worker)
+    num_gpus_per_worker = checks.nonneg_float("num_gpus_per_worker", num_gpus_per_worker)
+    store = BlockStore(out_dir, [n for n, _ in images], methods, metrics, model=_model_key(model), seed=seed,
+                       target=target, labels=labels, method_options=method_options, metric_options=metric_options,
+                       block_size=block_size, batch_size=batch_size, channels_last=channels_last,
+                       device="cuda" if num_gpus_per_worker else device, threads=max(1, int(num_cpus_per_worker)),
+                       overwrite=overwrite)
+    return evaluate_on_ray(store, model, images, progress=progress, on_block=on_block, workers=workers,
+                           address=address, num_gpus_per_worker=num_gpus_per_worker,
+                           num_cpus_per_worker=num_cpus_per_worker, max_restarts=max_restarts,
+                           max_task_retries=max_task_retries, max_attempts=max_attempts, keep_workers=keep_workers)
 
-    ev.check_names(methods, metrics)
-    for name in methods:
-        variants.resolve(name, method_options)
-    if target not in ("predicted", "label"):
-        raise ValueError(f"target: expected 'predicted' or 'label', got {target!r}")
-    if not isinstance(model, str) and not callable(model):
-        raise TypeError(f"model: expected a model name or a picklable zero-argument factory, got "
-                        f"{type(model).__name__} (Ray workers load the model themselves)")
-    names = [n for n, _ in images]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise ValueError(f"images: names must be unique (they key the noise and the rows); {dup!r} repeats")
-    plan = plan_blocks(names, block_size)
-    done = set(done or ())
-    threads = max(1, int(_check_number("num_cpus_per_worker", num_cpus_per_worker, positive=True)))
-    model_key = model if isinstance(model, str) else \
-        f"{getattr(model, '__module__', '')}.{getattr(model, '__qualname__', repr(model))}"
-    config = {"model": model_key, "device": "cuda" if num_gpus_per_worker else device, "threads": threads,
-              "methods": list(methods), "metrics": list(metrics), "seed": seed, "target": target,
-              "labels": {n: labels[n] for n in names if labels and n in labels}, "method_options": method_options,
-              "metric_options": metric_options, "block_size": block_size, "batch_size": batch_size}
-    if channels_last:  # only when set, so manifests of earlier runs still match
-        config["channels_last"] = True
-    out_dir = Path(out_dir)
-    sync_manifest(out_dir, config, plan, overwrite=overwrite)
 
-    source = dict(images)
-    results: Dict[int, Any] = {}
-    delivered: set = set()
-
-    def deliver(k: int, res) -> None:
-        keys = {(r["image"], r["method"], r["metric"]) for r in res.rows}
-        clash = keys & delivered
-        if clash or len(keys) != len(res.rows):
-            raise RuntimeError(f"block {k}: duplicate results for {sorted(clash)[:3] or 'rows within the block'}")
-        delivered.update(keys)
-        results[k] = res
-        if on_block is not None:
-            on_block(res)
-        if progress is not None:
-            progress(len(plan[k]) * len(methods))
-
-    todo: Dict[int, List[Tuple[str, Any]]] = {}
-    block_done: Dict[int, set] = {}
-    for k, block in enumerate(plan):
-        need = {(n, m) for n in block for m in methods if (n, m) not in done}
-        if not need:
-            if progress is not None:
-                progress(len(block) * len(methods))
-            continue
-        stored = read_block(out_dir, k)
-        if stored is not None:
-            have: Dict[Tuple[str, str], set] = {}
-            for r in stored.rows:
-                have.setdefault((r["image"], r["method"]), set()).add(r["metric"])
-            if all(set(metrics) <= have.get(p, set()) for p in need):
-                res = ev.EvalResult()
-                for table in TABLES:
-                    getattr(res, table).extend(r for r in getattr(stored, table)
-                                               if (r["image"], r["method"]) in need
-                                               and (table != "rows" or r["metric"] in metrics))
-                deliver(k, res)
-                continue
-        todo[k] = [(n, source[n]) for n in block]
-        block_done[k] = {(n, m) for n in block for m in methods if (n, m) in done}
-
-    def finished(k: int, res) -> None:
-        write_block(out_dir, k, res)
-        deliver(k, res)
-
-    block_config = {"methods": list(methods), "metrics": list(metrics), "seed": seed, "target": target,
-                    "method_options": method_options, "metric_options": metric_options, "batch_size": batch_size,
-                    "channels_last": bool(channels_last)}
-    per_block = {k: {"labels": {n: labels[n] for n, _ in items if labels and n in labels} if labels is not None
-                     else None, "done": block_done[k]} for k, items in todo.items()}
-    run_blocks(todo, finished, model=model, config=block_config, per_block=per_block, device=device,
-               workers=workers, address=address, num_gpus_per_worker=num_gpus_per_worker,
-               num_cpus_per_worker=num_cpus_per_worker, threads=threads, max_restarts=max_restarts,
-               max_task_retries=max_task_retries, max_attempts=max_attempts, keep_workers=keep_workers,
-               _crash_once=_crash_once)
-    out = ev.EvalResult()
-    for k in sorted(results):
-        for table in TABLES:
-            getattr(out, table).extend(getattr(results[k], table))
-    return out
+__all__ = ["RAY_MISSING", "BlockWorker", "evaluate_block", "evaluate_images_ray", "evaluate_on_ray", "ray_available",
+           "require_ray", "run_blocks", "shutdown_workers"]

@@ -1,19 +1,21 @@
 """Dataset evaluation: methods x metrics over a list of images, in blocks, as long-format rows.
 
-``evaluate_images`` is the library core of ``saliencekit evaluate``. Every result depends only on
-``(seed, image)``: an image's noise (in the methods, through ``explain(image_ids=...)``, and in
-AUPC) is keyed by a stable id derived from its name, so any split of the images into blocks or
-shards (e.g. a later Ray backend) gives the same rows.
+``evaluate_images`` is the library core of ``saliencekit evaluate`` and of every backend: the
+local one and the Ray workers call it on one block at a time (``evaluation.store``,
+``evaluation.ray``). Every result depends only on ``(seed, image)``: each image is computed on its
+own, and its noise (in the methods, through ``explain(image_ids=...)``, and in AUPC) is keyed by a
+stable id derived from its name, so any split of the images into blocks or shards gives the same
+rows, bit for bit.
 
 Evaluation methods are the names of ``evaluation.variants`` (every registered method, the variants
 its spec declares, e.g. ``smoothgrad_square`` or ``ig_blur``, and ``random``, a seeded uniform
 map). Metrics are the names of the metric registry (``metrics.registry``).
 
-Maps given to the metrics: the method's default heatmap (``Explanation.heatmap()``), except
-``original`` (max over channels of |gradient|, Llorente et al.) and signed methods (SmoothTaylor),
-whose map is |signed channel sum|. ``autvc`` follows the SmoothTaylor paper and measures the
-signed channel sum of the raw attributions for every input-space method (the heatmap for CAMs /
-I-GOS / random).
+Maps given to the metrics: the method's default heatmap (``Explanation.heatmap()``), or the
+heatmap options of its variant (``original``: max over channels of |gradient|, Llorente et al.
+2023); signed methods (SmoothTaylor) give |signed channel sum|. ``autvc`` follows the SmoothTaylor
+paper (Goh et al. 2021) and measures the signed channel sum of the raw attributions for every
+input-space method (the heatmap for CAMs / I-GOS / random). See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -23,18 +25,29 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .. import data
 from ..api import explain
-from ..core import noise
+from ..core import checks, noise
 from ..core.speed import set_defaults
 from ..metrics import registry as metric_registry
 from ..metrics._common import guarded, outputs
 from ..models import get_preprocessing
 from . import variants
+
+TARGETS = ("predicted", "label")
+# the tables of an EvalResult and their columns (also the columns of results.csv, curves.csv, ...)
+FIELDS = {
+    "rows": ("image", "class_index", "method", "metric", "value"),
+    "curves": ("image", "method", "metric", "step", "value"),
+    "timings": ("image", "method", "stage", "seconds"),
+    "extras": ("image", "method", "key", "value"),
+}
 
 
 def image_id(name: str) -> int:
@@ -44,13 +57,20 @@ def image_id(name: str) -> int:
 
 @dataclass
 class EvalResult:
+    """Long-format tables: one dict per line, with the columns of ``FIELDS``."""
+
     rows: list[dict[str, Any]] = field(default_factory=list)      # image, class_index, method, metric, value
     curves: list[dict[str, Any]] = field(default_factory=list)    # image, method, metric, step, value
     timings: list[dict[str, Any]] = field(default_factory=list)   # image, method, stage, seconds
     extras: list[dict[str, Any]] = field(default_factory=list)    # image, method, key, value (e.g. sigma)
 
+    def extend(self, other: EvalResult) -> None:
+        for table in FIELDS:
+            getattr(self, table).extend(getattr(other, table))
+
 
 def _fit(m: torch.Tensor, hw) -> torch.Tensor:
+    """A map as B x H x W at the input's size (channels summed, bilinear upsampling)."""
     if m.dim() == 4:
         m = m[:, 0] if m.shape[1] == 1 else m.sum(1)
     if tuple(m.shape[-2:]) != tuple(hw):
@@ -59,7 +79,7 @@ def _fit(m: torch.Tensor, hw) -> torch.Tensor:
 
 
 def _maps(model, x, name, classes, ids, seed, method_options, batch_size):
-    """(metric map B x H x W, TV map B x H x W, extras per image) for one method on one block."""
+    """(metric map B x H x W, TV map B x H x W, extras per image) for one method on one batch."""
     hw = x.shape[-2:]
     if name == variants.RANDOM:
         m = torch.stack([noise.uniform(tuple(hw), seed, i, 0, stream=noise.STREAM_METRIC + 1000, device=x.device)
@@ -76,8 +96,8 @@ def _maps(model, x, name, classes, ids, seed, method_options, batch_size):
         heat = e.heatmap()
     heat = _fit(heat, hw)
     a = e.attributions
-    tv = a.sum(1).float() if (a.dim() == 4 and a.shape[1] == x.shape[1] and tuple(a.shape[-2:]) == tuple(hw)) \
-        else heat
+    input_space = a.dim() == 4 and a.shape[1] == x.shape[1] and tuple(a.shape[-2:]) == tuple(hw)
+    tv = a.sum(1).float() if input_space else heat
     extras = [{} for _ in ids]
     if "sigma" in e.extras and isinstance(e.extras["sigma"], torch.Tensor):
         for k, v in enumerate(e.extras["sigma"].reshape(-1).tolist()):
@@ -86,6 +106,7 @@ def _maps(model, x, name, classes, ids, seed, method_options, batch_size):
 
 
 def check_names(methods: Sequence[str], metrics: Sequence[str]) -> None:
+    """Raise a ValueError naming the first unknown evaluation method or metric."""
     for m in methods:
         variants.resolve(m)
     for k in metrics:
@@ -103,94 +124,120 @@ def evaluate_images(model, images: Sequence[tuple[str, torch.Tensor]], methods: 
     """Evaluate ``methods`` x ``metrics`` on ``images`` (a list of ``(name, pixels C x H x W in [0, 1])``).
 
     ``target``: ``"predicted"`` (top-1 on the clean image) or ``"label"`` (``labels[name]``).
-    ``done``: a set of ``(image, method)`` pairs to skip (resume). ``progress(k)`` is called after
-    each (block, method) with the number of images; ``on_block(result)`` after each (block, method)
+    ``done``: a set of ``(image, method)`` pairs to skip. ``progress(k)`` is called after each
+    (block, method) with the number of images; ``on_block(result)`` after each (block, method)
     with its rows (for incremental writing). ``channels_last``: run the maps and the metrics in
     channels_last memory layout (faster on CPU for depthwise-convolution models; the values change
-    by float rounding only, and stay reproducible byte for byte with the same setting). Returns all rows.
+    by float rounding only, and stay reproducible byte for byte with the same setting). Returns all
+    rows, block by block, then method by method, image by image, metric by metric.
     """
     check_names(methods, metrics)
-    if target not in ("predicted", "label"):
-        raise ValueError(f"target: expected 'predicted' or 'label', got {target!r}")
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size: expected a positive int, got {block_size!r}")
+    checks.choice("target", target, TARGETS)
+    checks.positive_int("block_size", block_size)
+    checks.boolean("channels_last", channels_last)
     mopts = metric_options or {}
     for k in mopts:
         if k not in metric_registry.METRICS:
             raise ValueError(f"metric_options: unknown metric {k!r}")
-    done = done or set()
-    if not isinstance(channels_last, bool):
-        raise TypeError(f"channels_last: expected True or False, got {type(channels_last).__name__}")
     # results must be reproducible byte for byte across processes: the automatic chunk size may
     # come from a timing calibration (which can differ run to run, and float32 convolutions round
     # differently per chunk size), so evaluation pins the deterministic fixed rule
     previous = set_defaults(channels_last=channels_last, calibrate=False)
     try:
         return _evaluate_blocks(model, images, methods, metrics, seed, labels, target, method_options, mopts,
-                                block_size, done, progress, on_block, batch_size)
+                                block_size, done or set(), progress, on_block, batch_size)
     finally:
         set_defaults(previous)
 
 
+def _classes(model, x, names, labels, target) -> torch.Tensor:
+    """The explained class of each image of a block."""
+    if target == "label":
+        missing = next((n for n in names if labels is None or n not in labels), None)
+        if missing is not None:
+            raise ValueError(f"target: 'label' needs a label for every image (none for {missing!r})")
+        return torch.tensor([labels[n] for n in names], device=x.device)
+    with guarded(model):
+        return torch.cat([outputs(model, x[k:k + 1]).argmax(1) for k in range(len(names))])
+
+
 def _evaluate_blocks(model, images, methods, metrics, seed, labels, target, method_options, mopts, block_size,
-                     done, progress, on_block, batch_size=None) -> EvalResult:
-    spec = get_preprocessing(model)
+                     done, progress, on_block, batch_size) -> EvalResult:
+    preprocessing = get_preprocessing(model)
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     out = EvalResult()
     for b0 in range(0, len(images), block_size):
         block = images[b0:b0 + block_size]
         names = [n for n, _ in block]
         x01 = torch.stack([t for _, t in block]).float().to(dev)
-        x = spec.normalize(x01)
-        if target == "label":
-            if labels is None or any(n not in labels for n in names):
-                missing = next(n for n in names if labels is None or n not in labels)
-                raise ValueError(f"target: 'label' needs a label for every image (none for {missing!r})")
-            classes_all = torch.tensor([labels[n] for n in names], device=dev)
-        else:
-            with guarded(model):
-                classes_all = torch.cat([outputs(model, x[k:k + 1]).argmax(1) for k in range(len(names))])
-        res = EvalResult()
+        x = preprocessing.normalize(x01)
+        classes = _classes(model, x, names, labels, target)
         for name in methods:
+            res = EvalResult()
             variant_metric_options = variants.resolve(name)[3]
-            sel = [k for k, n in enumerate(names) if (n, name) not in done]
             # one image at a time: every forward chunk holds rows of a single image, so the values
             # (to the last bit) do not depend on which images share the block
-            for k in sel:
-                xs, x01s, cls = x[k:k + 1], x01[k:k + 1], classes_all[k:k + 1]
-                ids = [image_id(names[k])]
+            for k, image in enumerate(names):
+                if (image, name) in done:
+                    continue
+                xs, x01s, cls = x[k:k + 1], x01[k:k + 1], classes[k:k + 1]
+                ids = [image_id(image)]
                 t0 = time.perf_counter()
                 heat, tv, extras = _maps(model, xs, name, cls, ids, seed, method_options, batch_size)
-                res.timings.append({"image": names[k], "method": name, "stage": "explain",
+                res.timings.append({"image": image, "method": name, "stage": "explain",
                                     "seconds": time.perf_counter() - t0})
                 for key, v in extras[0].items():
-                    res.extras.append({"image": names[k], "method": name, "key": key, "value": float(v)})
+                    res.extras.append({"image": image, "method": name, "key": key, "value": float(v)})
                 judged = metric_registry.Judged(model=model, x=xs, x01=x01s, heat=heat, tv=tv, classes=cls,
                                                 image_ids=ids, seed=seed, batch_size=batch_size)
                 for metric in metrics:
                     t0 = time.perf_counter()
-                    spec = metric_registry.get(metric)
                     opts = dict(variant_metric_options.get(metric) or {})
                     opts.update(mopts.get(metric) or {})
-                    vals, curves = spec.judge(judged, opts)
-                    res.rows.append({"image": names[k], "class_index": int(cls[0]), "method": name,
+                    vals, curves = metric_registry.get(metric).judge(judged, opts)
+                    res.rows.append({"image": image, "class_index": int(cls[0]), "method": name,
                                      "metric": metric, "value": float(vals.detach().double().cpu()[0])})
-                    res.timings.append({"image": names[k], "method": name, "stage": metric,
+                    res.timings.append({"image": image, "method": name, "stage": metric,
                                         "seconds": time.perf_counter() - t0})
                     if curves is not None:
-                        for st, v in enumerate(curves[0].detach().double().cpu().tolist()):
-                            res.curves.append({"image": names[k], "method": name, "metric": metric,
-                                               "step": st, "value": v})
+                        for step, v in enumerate(curves[0].detach().double().cpu().tolist()):
+                            res.curves.append({"image": image, "method": name, "metric": metric,
+                                               "step": step, "value": v})
             if progress:
                 progress(len(names))
             if on_block:  # hand over each (block, method) as soon as it is finished
                 on_block(res)
-            out.rows += res.rows
-            out.curves += res.curves
-            out.timings += res.timings
-            out.extras += res.extras
-            res = EvalResult()
+            out.extend(res)
     return out
+
+
+def read_folder(directory: str | Path | None, limit: int | None = None, preprocessing=None
+                ) -> tuple[list[tuple[str, torch.Tensor]], dict[str, int], list[tuple[str, str]]]:
+    """The images ``saliencekit evaluate`` takes: ``(images, labels, skipped)``.
+
+    ``images``: ``(file name, pixels C x H x W in [0, 1])`` in file-name order, the first ``limit``
+    (the bundled samples when ``directory`` is None), preprocessed with ``preprocessing``;
+    ``labels``: file name -> class index from the folder's ``labels.json``; ``skipped``:
+    ``(file name, reason)`` for files that could not be read as images.
+    """
+    limit = checks.optional_positive_int("limit", limit)
+    kw = {"normalize": False} if preprocessing is None else {"preprocessing": preprocessing, "normalize": False}
+    if directory is None:
+        items = [(name, data.load_images(arr, **kw)[0]) for name, arr in data.sample_images()]
+        return items[:limit], {}, []
+    files = data.list_images(directory)[:limit]
+    known = data.load_labels(directory)
+    items, labels, skipped = [], {}, []
+    for p in files:
+        try:
+            t = data.load_images(p, **kw)[0]
+        except (ValueError, FileNotFoundError, OSError) as e:
+            skipped.append((p.name, str(e)))
+            continue
+        items.append((p.name, t))
+        if p.name in known:
+            labels[p.name] = known[p.name]
+    return items, labels, skipped
 
 
 def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None = None,
@@ -221,4 +268,4 @@ def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None = No
     return out
 
 
-__all__ = ["EvalResult", "check_names", "evaluate_images", "image_id", "summarize"]
+__all__ = ["EvalResult", "FIELDS", "TARGETS", "check_names", "evaluate_images", "image_id", "read_folder", "summarize"]
