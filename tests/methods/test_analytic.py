@@ -1,4 +1,4 @@
-"""Analytic cases: results known in closed form (METHODS.md sections 1 and 2)."""
+"""Analytic cases: results known in closed form (SmoothGrad and Integrated Gradients on linear and quadratic models)."""
 
 from __future__ import annotations
 

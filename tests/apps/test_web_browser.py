@@ -23,7 +23,7 @@ from PIL import Image
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img" / "web.png"
+DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img" / "web.png"
 
 
 def find_chromium():

@@ -1,4 +1,4 @@
-"""SmoothTaylor adaptive noising follows the rules of METHODS.md section 2."""
+"""SmoothTaylor adaptive noising follows the search of Goh et al. 2021 (methods/adaptive.py)."""
 
 import numpy as np
 import pytest

@@ -1,7 +1,7 @@
 """Grad-CAM / Grad-CAM++ / Smooth Grad-CAM++ and unit targets against independent references.
 
 References are written out here: plain forward hooks + ``torch.autograd.grad`` one image (or one
-noisy sample) at a time, the formulas of METHODS.md section 4, TorchCAM and Captum.
+noisy sample) at a time, the formulas of the papers (docs/cams.md), TorchCAM and Captum.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import saliencekit as sk
 from saliencekit.cli import bench, main
 from saliencekit.core import speed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import harness  # noqa: E402
 
 
