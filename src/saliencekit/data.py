@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .core.checks import optional_positive_int
 from .models import IMAGENET, Preprocessing
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
@@ -109,3 +110,33 @@ def load_labels(folder: Union[str, Path]) -> dict:
         return {}
     data = json.loads(p.read_text())
     return {d["file"]: int(d["class_index"]) for d in data}
+
+
+def read_folder(directory: Optional[Union[str, Path]], limit: Optional[int] = None,
+                preprocessing: Optional[Preprocessing] = None
+                ) -> Tuple[List[Tuple[str, torch.Tensor]], dict, List[Tuple[str, str]]]:
+    """The images ``saliencekit evaluate`` takes: ``(images, labels, skipped)``.
+
+    ``images``: ``(file name, pixels C x H x W in [0, 1])`` in file-name order, the first ``limit``
+    (the bundled samples when ``directory`` is None), preprocessed with ``preprocessing``;
+    ``labels``: file name -> class index from the folder's ``labels.json``; ``skipped``:
+    ``(file name, reason)`` for files that could not be read as images.
+    """
+    limit = optional_positive_int("limit", limit)
+    kw = {"normalize": False} if preprocessing is None else {"preprocessing": preprocessing, "normalize": False}
+    if directory is None:
+        items = [(name, load_images(arr, **kw)[0]) for name, arr in sample_images()]
+        return items[:limit], {}, []
+    files = list_images(directory)[:limit]
+    known = load_labels(directory)
+    items, labels, skipped = [], {}, []
+    for p in files:
+        try:
+            t = load_images(p, **kw)[0]
+        except (ValueError, FileNotFoundError, OSError) as e:
+            skipped.append((p.name, str(e)))
+            continue
+        items.append((p.name, t))
+        if p.name in known:
+            labels[p.name] = known[p.name]
+    return items, labels, skipped

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
-from scipy.stats import spearmanr
-from torch import nn
 
 import saliencekit as sk
 from saliencekit.core import allocator, chunking, speed
 
-from conftest import assert_same_state, model_state
 
 
 @pytest.fixture(autouse=True)

@@ -3,15 +3,13 @@ the CUDA size from free memory, and the metrics' layout probe."""
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
-from scipy.stats import spearmanr
 from torch import nn
 
 import saliencekit as sk
-from saliencekit.core import allocator, chunking, speed
+from saliencekit.core import chunking, speed
 
 from conftest import assert_same_state, model_state
 
@@ -253,7 +251,6 @@ def test_calibrating_call_with_path_steps_matches_fixed_chunks(scripted):
 @pytest.mark.parametrize("cl_cost,expected", [(0.5, True), (2.0, False)])
 def test_metrics_probe_the_layout_on_their_own_first_chunks(scripted, monkeypatch, cl_cost, expected):
     from saliencekit import metrics
-    from saliencekit.metrics import _common
 
     monkeypatch.setattr(chunking, "_CPU_ELEMENTS_PER_CHUNK", 4 * 3 * 16 * 16)      # 4 rows per scoring chunk
     m = Clocked(1.0, cl_cost, scripted, count_inference=True)

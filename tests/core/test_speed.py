@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 import saliencekit as sk
-from saliencekit.core import allocator, chunking, speed
+from saliencekit.core import chunking, speed
 
 from conftest import assert_same_state, model_state
 

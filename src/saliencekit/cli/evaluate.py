@@ -1,7 +1,7 @@
 """``saliencekit evaluate``: methods x metrics over a folder of images, resumable, with a report.
 
 The command only turns options into calls of ``saliencekit.evaluation``: the images
-(``run.read_folder``), the block store in ``OUT/blocks/`` (``store.BlockStore``), a backend
+(``data.read_folder``), the block store in ``OUT/blocks/`` (``store.BlockStore``), a backend
 (``store.evaluate_local`` or ``ray.evaluate_on_ray``), then the tables and the report
 (``report``). The default methods and metrics are those the registries mark as defaults.
 """
@@ -111,7 +111,8 @@ def evaluate_cmd(directory, model, methods, metrics, limit, seed, out_dir, overw
     from tqdm import tqdm
 
     from ..evaluation import report, variants
-    from ..evaluation.run import check_names, read_folder
+    from ..data import read_folder
+    from ..evaluation.run import check_names
     from ..evaluation.store import BlockStore, evaluate_local
     from ..metrics import registry
     from ..models import get_preprocessing

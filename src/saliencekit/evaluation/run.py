@@ -25,18 +25,16 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .. import data
 from ..api import explain
 from ..core import checks, noise
 from ..core.speed import set_defaults
 from ..metrics import registry as metric_registry
-from ..metrics._common import guarded, outputs
+from ..metrics.scoring import guarded, outputs
 from ..models import get_preprocessing
 from . import variants
 
@@ -211,35 +209,6 @@ def _evaluate_blocks(model, images, methods, metrics, seed, labels, target, meth
     return out
 
 
-def read_folder(directory: str | Path | None, limit: int | None = None, preprocessing=None
-                ) -> tuple[list[tuple[str, torch.Tensor]], dict[str, int], list[tuple[str, str]]]:
-    """The images ``saliencekit evaluate`` takes: ``(images, labels, skipped)``.
-
-    ``images``: ``(file name, pixels C x H x W in [0, 1])`` in file-name order, the first ``limit``
-    (the bundled samples when ``directory`` is None), preprocessed with ``preprocessing``;
-    ``labels``: file name -> class index from the folder's ``labels.json``; ``skipped``:
-    ``(file name, reason)`` for files that could not be read as images.
-    """
-    limit = checks.optional_positive_int("limit", limit)
-    kw = {"normalize": False} if preprocessing is None else {"preprocessing": preprocessing, "normalize": False}
-    if directory is None:
-        items = [(name, data.load_images(arr, **kw)[0]) for name, arr in data.sample_images()]
-        return items[:limit], {}, []
-    files = data.list_images(directory)[:limit]
-    known = data.load_labels(directory)
-    items, labels, skipped = [], {}, []
-    for p in files:
-        try:
-            t = data.load_images(p, **kw)[0]
-        except (ValueError, FileNotFoundError, OSError) as e:
-            skipped.append((p.name, str(e)))
-            continue
-        items.append((p.name, t))
-        if p.name in known:
-            labels[p.name] = known[p.name]
-    return items, labels, skipped
-
-
 def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None = None,
               metrics: Sequence[str] | None = None) -> dict[tuple[str, str], tuple[float, float, float, int]]:
     """(method, metric) -> (mean, 95% low, 95% high, n), Student-t interval over images (NaNs dropped)."""
@@ -268,4 +237,4 @@ def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None = No
     return out
 
 
-__all__ = ["EvalResult", "FIELDS", "TARGETS", "check_names", "evaluate_images", "image_id", "read_folder", "summarize"]
+__all__ = ["EvalResult", "FIELDS", "TARGETS", "check_names", "evaluate_images", "image_id", "summarize"]

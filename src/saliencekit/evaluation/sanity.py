@@ -20,7 +20,7 @@ from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 
 from ..api import explain
-from ..metrics._common import check_model, check_x, guarded, resolve_target
+from ..metrics.scoring import check_model, check_x, guarded, resolve_target
 
 
 def parameter_layers(model: torch.nn.Module) -> list[str]:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..core import engine, noise
-from ..core.checks import choice, nonneg_float, positive_int
+from ..core.checks import choice, positive_int
 from ..core.imageops import gaussian_blur
 from .base import Context, Moments
 

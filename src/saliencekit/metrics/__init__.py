@@ -12,7 +12,8 @@ modules here; their functions are ``aupc.aupc``, ``total_variation.total_variati
 ``allegiance.allegiance`` (``registry.get(name).fn`` reaches every registered metric).
 """
 
-from . import deletion_insertion, aupc, total_variation, allegiance, confidence, localization  # noqa: I001  (registration order)
+# importing a metric module registers it; this order is the order users see (evaluate --list, the report)
+from . import deletion_insertion, aupc, total_variation, allegiance, confidence, localization  # noqa: F401,I001
 from .confidence import average_drop, increase_in_confidence
 from .deletion_insertion import CurveResult, deletion, insertion
 from .localization import energy_pointing_game, pointing_game, relevance_mass, relevance_rank

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from ..models import get_preprocessing
-from ._common import check_model, check_saliency, check_x, chunk_rows, guarded, outputs
+from .scoring import check_model, check_saliency, check_x, chunk_rows, guarded, outputs
 from .registry import Judged, register
 
 FRACTIONS = (0.0, 0.03, 0.05, 0.07, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..core import noise
 from ..core.checks import integer
 from ..models import get_preprocessing
-from ._common import (check_model, check_saliency, check_x, chunk_rows, guarded, positive_int, resolve_target,
+from .scoring import (check_model, check_saliency, check_x, chunk_rows, guarded, positive_int, resolve_target,
                       scored_rows, simpson)
 from .registry import Judged, register
 

@@ -15,7 +15,7 @@ import torch
 
 from ..core.imageops import minmax
 from ..models import get_preprocessing
-from ._common import check_model, check_saliency, check_x, guarded, outputs, resolve_target, select
+from .scoring import check_model, check_saliency, check_x, guarded, outputs, resolve_target, select
 from .registry import Judged, register
 
 

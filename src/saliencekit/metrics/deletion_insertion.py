@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.imageops import gaussian_blur
-from ._common import (broadcast_image, check_model, check_saliency, check_x, chunk_rows, guarded, positive_int,
+from .scoring import (broadcast_image, check_model, check_saliency, check_x, chunk_rows, guarded, positive_int,
                       ranks, scored_rows, target_classes, trapezoid_auc)
 from .registry import Judged, register
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..core.imageops import minmax
-from ._common import check_saliency
+from .scoring import check_saliency
 
 
 def _masks(masks, s: torch.Tensor) -> torch.Tensor:

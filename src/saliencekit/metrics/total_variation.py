@@ -13,7 +13,7 @@ import torch
 from skimage.transform import pyramid_gaussian
 
 from ..core.imageops import minmax
-from ._common import check_saliency, simpson
+from .scoring import check_saliency, simpson
 from .registry import Judged, register
 
 

@@ -1,4 +1,5 @@
-"""Shared helpers of the metrics: argument checks, target resolution, batched scoring."""
+"""What every metric shares: argument checks, inference under the metrics' settings (model guarded, float32, the
+memory layout probed), chunked scoring loops, target resolution, ranking and integration helpers."""
 
 from __future__ import annotations
 
