@@ -34,6 +34,13 @@ def optional_positive_int(name: str, v) -> Optional[int]:
     return v
 
 
+def optional_nonneg_int(name: str, v) -> Optional[int]:
+    """``None`` or an int >= 0 (token counts, offsets)."""
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+        raise ValueError(f"{name}: expected a non-negative int or None, got {v!r}")
+    return v
+
+
 def nonneg_float(name: str, v) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{name}: expected a non-negative number, got {type(v).__name__}")
@@ -85,5 +92,5 @@ def image_batch(x, name: str = "x") -> torch.Tensor:
     return x
 
 
-__all__ = ["integer", "positive_int", "optional_positive_int", "nonneg_float", "positive_float", "boolean", "choice", "model",
+__all__ = ["integer", "positive_int", "optional_positive_int", "optional_nonneg_int", "nonneg_float", "positive_float", "boolean", "choice", "model",
            "image_batch"]

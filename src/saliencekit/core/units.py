@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .checks import optional_nonneg_int
 from .hooks import resolve_layer
 
 
@@ -61,9 +62,7 @@ def grid_of_tokens(n: int, prefix_tokens: int | None, aspect: float = 1.0):
             return h, m // h
         return None
 
-    if prefix_tokens is not None:
-        if isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int) or prefix_tokens < 0:
-            raise ValueError(f"prefix_tokens: expected a non-negative int or None, got {prefix_tokens!r}")
+    if optional_nonneg_int("prefix_tokens", prefix_tokens) is not None:
         hw = fits(n - prefix_tokens)
         if hw is None:
             raise ValueError(f"prefix_tokens: {n} tokens minus {prefix_tokens} prefix tokens do not form a grid "

@@ -20,6 +20,7 @@ from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 
 from ..api import explain
+from ..core.checks import optional_positive_int
 from ..metrics.scoring import check_model, check_x, guarded, resolve_target
 
 
@@ -53,9 +54,7 @@ def sanity_check(model, x: torch.Tensor, method: str = "gradient", target: Any =
     names = parameter_layers(model)
     if not names:
         raise ValueError("model: has no parameters to randomise")
-    if layers is not None:
-        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-            raise ValueError(f"layers: expected a positive int or None, got {layers!r}")
+    if optional_positive_int("layers", layers) is not None:
         names_top = names[::-1][:layers]
     else:
         names_top = names[::-1]

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..core.checks import nonneg_float, positive_float, positive_int
 from ..core.targets import ClassScore
 from ..metrics.aupc import aupc
 from ..metrics.total_variation import total_variation
@@ -78,14 +79,11 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     o = dict(ADAPTIVE_DEFAULTS)
     o.update(options)
     for k in ("max_iter", "patience", "window", "regions", "draws", "min_size"):
-        if isinstance(o[k], bool) or not isinstance(o[k], int) or o[k] < 1:
-            raise ValueError(f"adaptive_options[{k!r}]: expected a positive int, got {o[k]!r}")
+        positive_int(f"adaptive_options[{k!r}]", o[k])
     for k in ("lr", "decay"):
-        if isinstance(o[k], bool) or not isinstance(o[k], (int, float)) or not o[k] > 0:
-            raise ValueError(f"adaptive_options[{k!r}]: expected a positive number, got {o[k]!r}")
-    if o["sigma0"] is not None and (isinstance(o["sigma0"], bool) or not isinstance(o["sigma0"], (int, float))
-                                    or not o["sigma0"] >= 0):
-        raise ValueError(f"adaptive_options['sigma0']: expected a non-negative number or None, got {o['sigma0']!r}")
+        positive_float(f"adaptive_options[{k!r}]", o[k])
+    if o["sigma0"] is not None:
+        nonneg_float("adaptive_options['sigma0']", o["sigma0"])
     return o
 
 

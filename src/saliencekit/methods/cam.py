@@ -33,7 +33,7 @@ from ..core.hooks import resolve_layer
 from ..core.layers import find_cam_layer
 from ..core.targets import RecordingScore
 from ..core.units import as_grid
-from ..core.checks import boolean, choice, positive_int
+from ..core.checks import boolean, choice, optional_nonneg_int, positive_int
 from .base import LAYER, N_SAMPLES, NOISE_LEVEL, Context, noise_sigma, register
 
 CAM_DEFAULTS = {"layer": None, "channels": None, "relu": True, "prefix_tokens": None}
@@ -155,9 +155,7 @@ def _check_common(layer, relu, prefix_tokens):
     boolean("relu", relu)
     if layer is not None and not isinstance(layer, (str, nn.Module)):
         raise TypeError(f"layer: expected a module name (str), an nn.Module or None, got {type(layer).__name__}")
-    if prefix_tokens is not None and (isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int)
-                                      or prefix_tokens < 0):
-        raise ValueError(f"prefix_tokens: expected a non-negative int or None, got {prefix_tokens!r}")
+    optional_nonneg_int("prefix_tokens", prefix_tokens)
 
 
 @register("gradcam", defaults=CAM_DEFAULTS, heatmap=CAM_HEATMAP, clean_pass=True, ui={"layer": LAYER},
