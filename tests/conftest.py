@@ -110,3 +110,38 @@ def assert_same_state(before, after):
         assert torch.equal(a, b)
     for a, b in zip(before["buffers"], after["buffers"]):
         assert torch.equal(a, b)
+
+
+@pytest.fixture
+def fresh_speed_state():
+    """Process-wide speed defaults and the chunk / layout / compile caches reset around a test."""
+    from saliencekit.core import chunking, speed
+
+    old = speed.get_defaults()
+    chunking.clear_cache()
+    yield
+    speed.set_defaults(old)
+    chunking.clear_cache()
+
+
+class BatchRecorder(nn.Module):
+    """Wraps a model and records the batch size of every forward that builds a graph; with
+    ``oom_above``, a forward of more rows raises an out-of-memory error."""
+
+    def __init__(self, inner: nn.Module, oom_above: int | None = None):
+        super().__init__()
+        self.inner = inner
+        self.sizes: list[int] = []
+        self.oom_above = oom_above
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            self.sizes.append(x.shape[0])
+            if self.oom_above is not None and x.shape[0] > self.oom_above:
+                raise torch.cuda.OutOfMemoryError(f"simulated: {x.shape[0]} rows > {self.oom_above}")
+        return self.inner(x)
+
+
+def abs_heat(a: torch.Tensor) -> torch.Tensor:
+    """|attribution| summed over channels, flattened (for rank correlations)."""
+    return a.abs().sum(1).flatten()

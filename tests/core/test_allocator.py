@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
 import saliencekit as sk
-from saliencekit.core import allocator, chunking, speed
+from saliencekit.core import allocator, speed
 
 
 
-@pytest.fixture(autouse=True)
-def _fresh_perf_state():
-    old = speed.get_defaults()
-    chunking.clear_cache()
-    yield
-    speed.set_defaults(old)
-    chunking.clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_speed_state")
 
 
 class FakeLibc:

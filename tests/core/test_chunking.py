@@ -3,7 +3,6 @@ the CUDA size from free memory, and the metrics' layout probe."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch import nn
@@ -11,37 +10,10 @@ from torch import nn
 import saliencekit as sk
 from saliencekit.core import chunking, speed
 
-from conftest import assert_same_state, model_state
+from conftest import BatchRecorder, assert_same_state, model_state
 
 
-@pytest.fixture(autouse=True)
-def _fresh_perf_state():
-    old = speed.get_defaults()
-    chunking.clear_cache()
-    yield
-    speed.set_defaults(old)
-    chunking.clear_cache()
-
-
-class Recorder(nn.Module):
-    """Wraps a model and records the batch size of every forward that builds a graph."""
-
-    def __init__(self, inner: nn.Module, oom_above: int | None = None):
-        super().__init__()
-        self.inner = inner
-        self.sizes: list[int] = []
-        self.oom_above = oom_above
-
-    def forward(self, x):
-        if torch.is_grad_enabled():
-            self.sizes.append(x.shape[0])
-            if self.oom_above is not None and x.shape[0] > self.oom_above:
-                raise torch.cuda.OutOfMemoryError(f"simulated: {x.shape[0]} rows > {self.oom_above}")
-        return self.inner(x)
-
-
-def _heat(a: torch.Tensor) -> torch.Tensor:
-    return a.abs().sum(1).flatten()
+pytestmark = pytest.mark.usefixtures("fresh_speed_state")
 
 
 class Clocked(nn.Module):
@@ -152,7 +124,7 @@ def test_fixed_layout_calibrates_only_the_size(scripted):
 def test_calibration_with_real_timing_is_consistent_and_cached(tiny_cnn):
     """Real clock: the calibration runs once, its sizes cover the call's rows exactly, and the
     cached choice is what later calls use."""
-    m = Recorder(tiny_cnn)
+    m = BatchRecorder(tiny_cnn)
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     start = chunking.calibration_start(x, 10 ** 6)
     n = chunking.MIN_CALIBRATION_CHUNKS * start
@@ -187,7 +159,7 @@ def test_small_calls_do_not_calibrate(tiny_cnn, monkeypatch):
 
 def test_batch_size_override_is_respected(tiny_cnn, monkeypatch):
     monkeypatch.setattr(chunking, "Calibrator", lambda *a, **k: pytest.fail("calibrated despite batch_size"))
-    m = Recorder(tiny_cnn)
+    m = BatchRecorder(tiny_cnn)
     x = torch.randn(2, 3, 16, 16)
     sk.explain(m, x, "smoothgrad", n_samples=50, batch_size=7)
     assert m.sizes == [7] * 14 + [2]
@@ -198,7 +170,7 @@ def test_batch_size_override_is_respected(tiny_cnn, monkeypatch):
 
 
 def test_oom_halves_and_retries_with_the_same_result(tiny_cnn):
-    m = Recorder(tiny_cnn, oom_above=4)
+    m = BatchRecorder(tiny_cnn, oom_above=4)
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     before = model_state(tiny_cnn)
     e = sk.explain(m, x, "smoothgrad", n_samples=10, seed=7)     # safe rule: 20 rows -> 10 -> 5 -> 2
@@ -214,13 +186,13 @@ def test_oom_halves_and_retries_with_the_same_result(tiny_cnn):
 
 
 def test_oom_with_explicit_batch_size_is_raised(tiny_cnn):
-    m = Recorder(tiny_cnn, oom_above=4)
+    m = BatchRecorder(tiny_cnn, oom_above=4)
     with pytest.raises(torch.OutOfMemoryError):
         sk.explain(m, torch.randn(2, 3, 16, 16), "smoothgrad", n_samples=10, batch_size=8)
 
 
 def test_oom_at_one_row_is_raised(tiny_cnn):
-    m = Recorder(tiny_cnn, oom_above=0)
+    m = BatchRecorder(tiny_cnn, oom_above=0)
     with pytest.raises(torch.OutOfMemoryError):
         sk.explain(m, torch.randn(1, 3, 16, 16), "gradient")
 

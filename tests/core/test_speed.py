@@ -11,50 +11,11 @@ from scipy.stats import spearmanr
 from torch import nn
 
 import saliencekit as sk
-from saliencekit.core import chunking, speed
 
-from conftest import assert_same_state, model_state
-
-
-@pytest.fixture(autouse=True)
-def _fresh_perf_state():
-    old = speed.get_defaults()
-    chunking.clear_cache()
-    yield
-    speed.set_defaults(old)
-    chunking.clear_cache()
+from conftest import BatchRecorder, abs_heat, assert_same_state, model_state
 
 
-class Recorder(nn.Module):
-    """Wraps a model and records the batch size of every forward that builds a graph."""
-
-    def __init__(self, inner: nn.Module, oom_above: int | None = None):
-        super().__init__()
-        self.inner = inner
-        self.sizes: list[int] = []
-        self.oom_above = oom_above
-
-    def forward(self, x):
-        if torch.is_grad_enabled():
-            self.sizes.append(x.shape[0])
-            if self.oom_above is not None and x.shape[0] > self.oom_above:
-                raise torch.cuda.OutOfMemoryError(f"simulated: {x.shape[0]} rows > {self.oom_above}")
-        return self.inner(x)
-
-
-def _heat(a: torch.Tensor) -> torch.Tensor:
-    return a.abs().sum(1).flatten()
-
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_low_precision_ranks_like_fp32(tiny_cnn, precision):
-    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(11))
-    ref = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=8, seed=2)
-    low = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=8, seed=2, precision=precision)
-    assert low.attributions.dtype == torch.float32
-    assert not torch.equal(low.attributions, ref.attributions)   # autocast really ran
-    for i in range(2):
-        rho = spearmanr(_heat(ref.attributions[i]).numpy(), _heat(low.attributions[i]).numpy())[0]
-        assert rho > 0.99
+pytestmark = pytest.mark.usefixtures("fresh_speed_state")
 
 
 def test_fp16_overflow_in_scaled_backward_falls_back_unscaled():
@@ -106,7 +67,7 @@ def test_compile_matches_eager_and_keeps_layer_capture(tiny_cnn):
     sk.set_defaults(compile_backend="aot_eager")
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(9))
     before = model_state(tiny_cnn)
-    m = Recorder(tiny_cnn)
+    m = BatchRecorder(tiny_cnn)
     try:
         comp = sk.explain(m, x, "smoothgrad", n_samples=5, seed=3, batch_size=4, compile=True)
     except Exception as err:  # pragma: no cover - depends on the installed compiler stack
@@ -143,6 +104,6 @@ def test_real_model_bf16_rank_correlation(real_model, sample_dir):
     x = load_images(path)
     ref = sk.explain(real_model, x, "gradient").attributions
     low = sk.explain(real_model, x, "gradient", precision="bf16").attributions
-    rho = spearmanr(_heat(ref[0]).numpy(), _heat(low[0]).numpy())[0]
+    rho = spearmanr(abs_heat(ref[0]).numpy(), abs_heat(low[0]).numpy())[0]
     assert rho > 0.9
 
