@@ -92,3 +92,49 @@ def test_registration_refuses_ui_options_a_method_does_not_accept():
     with pytest.raises(ValueError, match="ui"):
         register("toy_bad", defaults={}, ui={"n_samples": Option("int", "samples", 1, 9)})(_toy_method)
     assert "toy_bad" not in REGISTRY
+
+
+TOY_METHOD_FILE = '''from saliencekit.methods.base import register
+
+
+@register("toy_file_method", defaults={})
+def toy(ctx):
+    """Toy method from a file."""
+    return {"attributions": ctx.x * 0}
+'''
+
+TOY_METRIC_FILE = '''from saliencekit.metrics.registry import register
+
+
+def f(model, x, saliency):
+    """Toy metric from a file."""
+    return saliency.mean((1, 2))
+
+
+register("toy_file_metric", fn=f, higher_is_better=True, kind="scalar", space="model",
+         judge=lambda j, o: (f(j.model, j.x, j.heat), None))
+'''
+
+
+def test_a_new_file_in_the_methods_or_metrics_package_is_registered(tmp_path, monkeypatch):
+    """Adding a method or a metric is adding one file: the packages import every module they hold."""
+    import sys
+
+    import saliencekit.methods as methods_pkg
+    import saliencekit.metrics as metrics_pkg
+
+    for sub, name, text in (("m", "toy_file_method", TOY_METHOD_FILE), ("k", "toy_file_metric", TOY_METRIC_FILE)):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / f"{name}.py").write_text(text)
+    monkeypatch.setattr(methods_pkg, "__path__", list(methods_pkg.__path__) + [str(tmp_path / "m")])
+    monkeypatch.setattr(metrics_pkg, "__path__", list(metrics_pkg.__path__) + [str(tmp_path / "k")])
+    try:
+        methods_pkg.load_modules()
+        metrics_pkg.load_modules()
+        assert "toy_file_method" in sk.list_methods()
+        assert "toy_file_metric" in metric_registry.METRICS
+    finally:
+        REGISTRY.pop("toy_file_method", None)
+        metric_registry.METRICS.pop("toy_file_metric", None)
+        sys.modules.pop("saliencekit.methods.toy_file_method", None)
+        sys.modules.pop("saliencekit.metrics.toy_file_metric", None)

@@ -10,15 +10,34 @@ are also exported here: ``deletion``, ``insertion``, ``average_drop``, ``increas
 the pointing games and relevance measures. ``aupc``, ``total_variation`` and ``allegiance`` are
 modules here; their functions are ``aupc.aupc``, ``total_variation.total_variation`` and
 ``allegiance.allegiance`` (``registry.get(name).fn`` reaches every registered metric).
+
+Importing a metric module registers it: the built-in ones load in the order users see (``evaluate
+--list``, the report), then any other module of this package, so adding a metric is adding one file.
 """
 
-# importing a metric module registers it; this order is the order users see (evaluate --list, the report)
+import importlib
+import pkgutil
+
 from . import deletion_insertion, aupc, total_variation, allegiance, confidence, localization  # noqa: F401,I001
 from .confidence import average_drop, increase_in_confidence
 from .deletion_insertion import CurveResult, deletion, insertion
 from .localization import energy_pointing_game, pointing_game, relevance_mass, relevance_rank
 from .registry import METRICS, Judged, MetricSpec, get, register
 
+_BUILT_IN = ("deletion_insertion", "aupc", "total_variation", "allegiance", "confidence", "localization")
+_HELPERS = ("registry", "scoring")
+
+
+def load_modules() -> None:
+    """Import (and so register) every metric module of this package; already imported ones are kept."""
+    for name in sorted(m.name for m in pkgutil.iter_modules(__path__)
+                       if m.name not in _BUILT_IN + _HELPERS and not m.name.startswith("_")):
+        importlib.import_module(f"{__name__}.{name}")
+
+
+load_modules()
+
 __all__ = ["CurveResult", "METRICS", "Judged", "MetricSpec", "allegiance", "aupc", "average_drop", "deletion",
-           "energy_pointing_game", "get", "increase_in_confidence", "insertion", "localization", "pointing_game",
+           "energy_pointing_game", "get", "increase_in_confidence", "insertion", "load_modules", "localization",
+           "pointing_game",
            "register", "registry", "relevance_mass", "relevance_rank", "total_variation"]
