@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -13,8 +14,10 @@ import torch
 from . import visualize
 
 
-@dataclass
+@dataclass(repr=False)
 class Explanation:
+    """``repr`` is short (method, shape, targets, parameters); ``summary()`` has everything small."""
+
     method: str
     attributions: torch.Tensor
     targets: torch.Tensor
@@ -28,6 +31,21 @@ class Explanation:
     preprocessing: Any = field(default=None, repr=False)
     class_names: Optional[tuple] = field(default=None, repr=False)
     time_s: float = 0.0
+    names: Optional[List[str]] = None   # the images' names, when known (load_images, explain(names=))
+
+    def __repr__(self) -> str:
+        n = int(self.targets.shape[0])
+        shown = self.targets.tolist()[:MAX_REPR_ITEMS]
+        named = self.target_names()[:MAX_REPR_ITEMS]
+        targets = ", ".join(str(t) if str(t) == nm else f"{t} ({nm})" for t, nm in zip(shown, named))
+        if n > MAX_REPR_ITEMS:
+            targets += f", ... {n - MAX_REPR_ITEMS} more"
+        params = ", ".join(f"{k}={_short(v)}" for k, v in self.params.items())
+        images = ""
+        if self.names:
+            images = ", images=[" + ", ".join(self.names[:MAX_REPR_ITEMS]) + (", ..." if n > MAX_REPR_ITEMS else "") + "]"
+        return (f"Explanation(method={self.method!r}, shape={tuple(self.attributions.shape)}{images}, "
+                f"targets=[{targets}], params={{{params}}}, seed={self.seed}, time_s={self.time_s:.3g})")
 
     @property
     def signed(self) -> bool:
@@ -56,8 +74,13 @@ class Explanation:
         return x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
     def target_names(self) -> List[str]:
+        """Each image's explained class by name (its index when the class names are unknown; "custom
+        target" for a unit or callable target)."""
         out = []
         for t in self.targets.tolist():
+            if t < 0:
+                out.append("custom target")
+                continue
             if self.class_names is not None and 0 <= t < len(self.class_names):
                 out.append(self.class_names[t])
             else:
@@ -81,21 +104,48 @@ class Explanation:
                 d[k] = _jsonable(v)
         return d
 
-    def save(self, directory, names: Optional[List[str]] = None, alpha: float = 0.5) -> List[Path]:
-        """Write one overlay PNG per image, the heatmaps, the raw tensors and a JSON summary."""
+    def image_labels(self) -> List[str]:
+        """The images' names (``names`` when known, else ``image0``, ``image1``, ...)."""
+        n = int(self.targets.shape[0])
+        return list(self.names) if self.names and len(self.names) == n else [f"image{i}" for i in range(n)]
+
+    def save(self, directory, names: Optional[List[str]] = None, alpha: float = 0.5,
+             annotate: bool = True) -> List[Path]:
+        """Write one PNG per image, the heatmaps, the raw tensors and a JSON summary.
+
+        Files are named ``{name}_{method}.png`` after ``names``, else the names the explanation
+        carries (``explain(names=)`` or the file names ``load_images`` read), else ``image0``, ...;
+        characters other than letters, digits, ``.``, ``-`` and ``_`` become ``_`` and repeated names
+        get ``_2``, ``_3``. Each PNG is the overlay (a signed map: the diverging map) titled with the
+        image, its class and the method, over a colour bar with the map's legend; ``annotate=False``
+        writes the bare overlay at the map's resolution instead.
+        """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         heat = self.heatmap().cpu().numpy()
+        n = heat.shape[0]
+        if names is None:
+            labels = self.image_labels()
+        else:
+            if isinstance(names, str) or not all(isinstance(v, str) for v in names):
+                raise TypeError("names: expected a list of strings, one per image")
+            labels = list(names)
+            if len(labels) != n:
+                raise ValueError(f"names: expected {n} names (one per image), got {len(labels)}")
+        stems = file_stems(labels)
+        directory.mkdir(parents=True, exist_ok=True)
         pix = self.pixels()
-        names = names or [f"image{i}" for i in range(heat.shape[0])]
         written = []
         cmap = visualize.default_cmap(self.signed)
-        for i, name in enumerate(names):
-            if pix is not None and not self.signed:
+        classes = self.target_names()
+        for i, stem in enumerate(stems):
+            if annotate:
+                title = f"{labels[i]} \u00b7 {classes[i]} \u00b7 {self.method}"
+                img = visualize.annotated(None if pix is None else pix[i], heat[i], title, self.signed, alpha)
+            elif pix is not None and not self.signed:
                 img = visualize.overlay(pix[i], heat[i], cmap, alpha)
             else:
                 img = visualize.colorize(heat[i], cmap)
-            written.append(visualize.save_png(img, directory / f"{name}_{self.method}.png"))
+            written.append(visualize.save_png(img, directory / f"{stem}_{self.method}.png"))
         tensors = {"attributions": self.attributions.detach().cpu(), "targets": self.targets.cpu(),
                    "scores": self.scores.detach().cpu(), "heatmap": torch.from_numpy(heat)}
         if self.delta is not None:
@@ -110,13 +160,43 @@ class Explanation:
         return written + [pt, js]
 
     def plot(self, alpha: float = 0.5):
-        """A matplotlib figure: each image with its map."""
+        """A matplotlib figure: each image (titled with its name and class) with its map, and a colour
+        bar with the map's legend."""
         heat = self.heatmap().cpu().numpy()
         pix = self.pixels()
         if pix is None:
             pix = np.zeros(heat.shape + (3,))
-        return visualize.grid(list(pix), {self.method: list(heat)}, row_titles=self.target_names(),
+        classes = self.target_names()
+        titles = [f"{name}: {cls}" for name, cls in zip(self.image_labels(), classes)] if self.names else classes
+        return visualize.grid(list(pix), {self.method: list(heat)}, row_titles=titles,
                               signed={self.method: self.signed}, alpha=alpha)
+
+
+MAX_REPR_ITEMS = 8
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def file_stems(names: List[str]) -> List[str]:
+    """Names made safe and unique as file-name stems (``a/b`` -> ``a_b``; a repeat ``x`` -> ``x_2``)."""
+    out, seen = [], set()
+    for i, name in enumerate(names):
+        stem = _UNSAFE.sub("_", name).strip("._") or f"image{i}"
+        candidate, k = stem, 2
+        while candidate in seen:
+            candidate, k = f"{stem}_{k}", k + 1
+        seen.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def _short(v) -> str:
+    """A parameter's value in a few characters (a tensor by its shape, long text cut)."""
+    if isinstance(v, torch.Tensor):
+        return repr(v.item()) if v.numel() == 1 else f"tensor{tuple(v.shape)}"
+    if isinstance(v, torch.nn.Module):
+        return type(v).__name__
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _jsonable(v):

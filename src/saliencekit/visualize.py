@@ -10,6 +10,11 @@
 - ``clip=99``: cap outliers at that percentile (per image); ``None`` disables it.
 - ``normalize=True``: min-max to [0, 1] per image (for ``"signed"``: symmetric span
   ``|clip-th percentile of |v||`` around 0.5).
+
+Pictures: ``overlay`` / ``colorize`` give bare arrays; ``map_figure`` / ``annotated`` (one map) and
+``grid`` (images x methods) add what the web explorer shows: a title (image, class, method) and a
+colour bar with the map's legend ("0 (low)" .. "1 (high)"; signed maps "lowers score" .. "raises
+score").
 """
 
 from __future__ import annotations
@@ -105,10 +110,81 @@ def default_cmap(signed: bool) -> str:
     return "bwr" if signed else "jet"
 
 
+# The colour bar's labels, the words of the web explorer's page: a signed map's colours say whether
+# a pixel lowers or raises the explained score, an unsigned map's say how much it matters.
+SIGNED_TICKS = ((0.0, 0.5, 1.0), ("\u2212 lowers score", "0", "raises score +"))
+UNSIGNED_TICKS = ((0.0, 1.0), ("0 (low)", "1 (high)"))
+
+
+def _colorbar(fig, ax, signed: bool, fontsize: float = 7):
+    """A horizontal colour bar under ``ax`` (an axes or a list of them) with the map's legend."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    sm = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=default_cmap(signed))
+    cb = fig.colorbar(sm, ax=ax, orientation="horizontal", fraction=0.06, pad=0.02, aspect=25)
+    ticks, labels = SIGNED_TICKS if signed else UNSIGNED_TICKS
+    cb.set_ticks(list(ticks))
+    cb.set_ticklabels(list(labels), fontsize=fontsize)
+    return cb
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
+def map_figure(image01: Optional[np.ndarray], heat: np.ndarray, title: str, signed: bool = False,
+               alpha: float = 0.5, dpi: int = 100):
+    """One map as a matplotlib figure: the overlay on the image (a signed map, or a map with no image,
+    is drawn on its own with the diverging colours), ``title`` above it and a colour bar with its
+    legend below (a signed map: lowers / raises the score), as the web explorer shows it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    heat = np.asarray(heat)
+    h, w = heat.shape
+    side = max(h, w, 160)
+    fig = Figure(figsize=(side * w / max(h, w) / dpi + 0.6, side * h / max(h, w) / dpi + 1.0), dpi=dpi,
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if image01 is not None and not signed:
+        ax.imshow(overlay(image01, heat, default_cmap(False), alpha))
+    else:
+        ax.imshow(colorize(heat, default_cmap(signed)))
+    ax.set_title(_wrap(title, 44), fontsize=8)
+    ax.axis("off")
+    _colorbar(fig, ax, signed, fontsize=6.5)
+    return fig
+
+
+def render(fig) -> np.ndarray:
+    """A matplotlib figure as an H x W x 3 uint8 picture, cropped to what is drawn."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.04, facecolor="white")
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB")).copy()
+
+
+def annotated(image01: Optional[np.ndarray], heat: np.ndarray, title: str, signed: bool = False,
+              alpha: float = 0.5) -> np.ndarray:
+    """``map_figure`` rendered as an H' x W' x 3 uint8 picture (what ``Explanation.save`` writes)."""
+    return render(map_figure(image01, heat, title, signed, alpha))
+
+
 def grid(images01: Sequence[np.ndarray], maps: Mapping[str, Sequence[np.ndarray]],
          row_titles: Optional[Sequence[str]] = None, signed: Optional[Mapping[str, bool]] = None,
          alpha: float = 0.5):
-    """A matplotlib figure: one row per image, the photo then one overlay per method."""
+    """A matplotlib figure: one row per image, the photo (titled with ``row_titles``: image and class)
+    then one overlay per method (titled with the method), and under each method's column a colour
+    bar with its legend (signed maps: lowers / raises the score)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -116,10 +192,10 @@ def grid(images01: Sequence[np.ndarray], maps: Mapping[str, Sequence[np.ndarray]
 
     names = list(maps)
     n, m = len(images01), len(names) + 1
-    fig, axes = plt.subplots(n, m, figsize=(2.2 * m, 2.3 * n), squeeze=False)
+    fig, axes = plt.subplots(n, m, figsize=(2.2 * m, 2.3 * n + 0.6), squeeze=False, layout="constrained")
     for r, img in enumerate(images01):
         axes[r, 0].imshow(np.clip(img, 0, 1))
-        axes[r, 0].set_title(row_titles[r] if row_titles else "input", fontsize=8)
+        axes[r, 0].set_title(_wrap(row_titles[r], 30) if row_titles else "input", fontsize=8)
         for c, name in enumerate(names, start=1):
             is_signed = bool(signed and signed.get(name))
             heat = maps[name][r]
@@ -127,9 +203,9 @@ def grid(images01: Sequence[np.ndarray], maps: Mapping[str, Sequence[np.ndarray]
                 axes[r, c].imshow(colorize(heat, default_cmap(True)))
             else:
                 axes[r, c].imshow(overlay(img, heat, default_cmap(False), alpha))
-            if r == 0:
-                axes[r, c].set_title(name, fontsize=8)
+            axes[r, c].set_title(name, fontsize=8)
     for ax in axes.ravel():
         ax.axis("off")
-    fig.tight_layout()
+    for c, name in enumerate(names, start=1):
+        _colorbar(fig, list(axes[:, c]), bool(signed and signed.get(name)), fontsize=6)
     return fig

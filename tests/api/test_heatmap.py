@@ -152,4 +152,4 @@ def test_save_and_plot(tiny_cnn, images, tmp_path):
     js = json.loads((tmp_path / "integrated_gradients.json").read_text())
     assert js["method"] == "integrated_gradients" and len(js["delta"]) == 3 and js["params"]["n_steps"] == 4
     fig = e.plot()
-    assert len(fig.axes) == 3 * 2
+    assert len(fig.axes) == 3 * 2 + 1   # each image with its map, and the map's colour bar

@@ -48,10 +48,14 @@ def as_output(out) -> torch.Tensor:
 
 
 def forward_scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Model outputs as a B x K tensor."""
+    """Model outputs as a B x K tensor: one row of scores per input row, or a ``ValueError``."""
     out = as_output(model(x))
     if out.dim() != 2:
         raise ValueError(f"model: expected outputs of shape B x K, got {tuple(out.shape)}")
+    if out.shape[0] != x.shape[0]:
+        name = type(getattr(model, "_orig_mod", model)).__name__   # a compiled module's own class
+        raise ValueError(f"model: {name} returned {out.shape[0]} rows of scores for an input batch of "
+                         f"{x.shape[0]} images; expected one row per image")
     return out
 
 

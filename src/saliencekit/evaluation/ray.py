@@ -20,7 +20,6 @@ backend never needs it. See docs/distributed.md.
 
 from __future__ import annotations
 
-import io
 import os
 import time
 import warnings
@@ -68,19 +67,16 @@ def _pack(name: str, source: Any) -> Tuple[str, Any]:
 
 
 def _unpack(name: str, packed: Tuple[str, Any]) -> Any:
-    """Inverse of ``_pack`` on the worker; file bytes are decoded as ``data.to_pil`` decodes a path."""
+    """Inverse of ``_pack`` on the worker; file bytes are decoded by ``data.read_image``, the reader
+    behind ``load_images``, so a worker sees the pixels the local backend sees."""
     kind, value = packed
     if kind != "bytes":
         return value
     import numpy as np
-    from PIL import Image
 
-    try:
-        with Image.open(io.BytesIO(value)) as im:
-            im.load()
-            return np.asarray(im.convert("RGB"))
-    except (OSError, Image.DecompressionBombError) as e:
-        raise ValueError(f"images: cannot read {name!r} as an image ({e})") from None
+    from .. import data
+
+    return np.asarray(data.read_image(value, name=repr(name), argname="images")[0])
 
 
 def evaluate_block(model, images: Sequence[Tuple[str, Any]], **config):
