@@ -10,12 +10,13 @@ medians. Verdict from the mean difference's interval; a sign test that disagrees
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from collections import defaultdict
 
 import numpy as np
 from scipy import stats
+
+from saliencekit.evaluation.report import read_results
 
 CLAIMS = [
     # (claim, metric, method that should be lower, reference method(s), source)
@@ -33,11 +34,15 @@ CLAIMS = [
 
 
 def load(paths):
-    vals = defaultdict(dict)  # (method, metric) -> {image: value}
+    """(method, metric) -> {image: value}; a damaged results.csv stops the script with its file and line."""
+    vals = defaultdict(dict)
     for p in paths:
-        with open(p) as f:
-            for r in csv.DictReader(f):
-                vals[(r["method"], r["metric"])][r["image"]] = float(r["value"])
+        try:
+            rows = read_results(p)
+        except ValueError as e:
+            raise SystemExit(f"evaluation_claims: {e}") from None
+        for r in rows:
+            vals[(r["method"], r["metric"])][r["image"]] = r["value"]
     return vals
 
 

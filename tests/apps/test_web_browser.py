@@ -1,5 +1,6 @@
 """End to end in headless Chromium: ``saliencekit serve`` on a free loopback port, a photo uploaded
-through the page, SmoothGrad and Grad-CAM run, both maps shown with the predicted class. Skips with
+through the page, SmoothGrad and Grad-CAM run, both maps shown with the predicted class; then a run
+estimated as long asks for confirmation, and a confirmed run is cancelled from the page. Skips with
 the reason when Chromium or Playwright is missing.
 
 The screenshot goes to the test's tmp_path; with SALIENCEKIT_UPDATE_SCREENSHOT=1 it is also copied
@@ -163,8 +164,34 @@ def test_explorer_in_headless_chromium(chromium, served, tmp_path):
             page.wait_for_selector('svg[data-curve="deletion"]')
             assert "deletion AUC" in page.inner_text(f'[data-auc="{cam}"]')
             assert page.get_attribute("#download-tensors", "href").endswith("saliency.pt?download=1")
+            assert page.is_hidden("#cancel") and page.is_hidden("#confirm")
             shot = tmp_path / "web.png"
             page.screenshot(path=str(shot), full_page=True)
+
+            # a run the server estimates as long waits for the user's go-ahead (the estimate is
+            # the server's own, marked long, so the test does not depend on this machine's speed)
+            def long_estimate(route):
+                answer = route.fetch()
+                route.fulfill(response=answer, json=dict(answer.json(), long=True, seconds=240.0))
+
+            page.route("**/api/estimate", long_estimate)
+            page.fill('[data-method-box="smoothgrad"] [data-param="n_samples"]', "500")
+            page.click("#run")
+            page.wait_for_selector("#confirm:not([hidden])")
+            assert "about 4 min" in page.inner_text("#confirm-text")
+            assert "smoothgrad 500 rows" in page.inner_text("#confirm-text")
+            page.click("#confirm-back")                      # nothing is run
+            assert page.is_hidden("#confirm") and page.is_enabled("#run")
+            assert page.inner_text("#progress-text").startswith("done in")
+            # confirmed, then cancelled from the page while it runs
+            page.click("#run")
+            page.wait_for_selector("#confirm:not([hidden])")
+            page.click("#confirm-run")
+            page.wait_for_selector("#cancel:not([hidden])")
+            page.click("#cancel")
+            page.wait_for_function("() => document.getElementById('progress-text').textContent === 'cancelled'")
+            assert page.is_enabled("#run") and page.is_hidden("#cancel")
+            assert page.locator(".card[data-result]").count() == 2   # the earlier results stay
         finally:
             browser.close()
     assert Image.open(shot).size[0] >= 1000

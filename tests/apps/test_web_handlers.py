@@ -8,6 +8,8 @@ import builtins
 import http.client
 import io
 import json
+import logging
+import socket
 import tempfile
 import threading
 import time
@@ -28,6 +30,7 @@ from saliencekit.methods import REGISTRY, Option
 from saliencekit.methods.gradient import input_gradients
 from saliencekit.web.explorer import Explorer, Request, curve_metrics
 from saliencekit.web.jobs import JobQueue
+from saliencekit.web import explorer as explorer_module
 
 SAMPLES = [("stripes", (np.indices((64, 96)).sum(0) % 16 * 16).astype(np.uint8)[..., None].repeat(3, 2))]
 
@@ -39,8 +42,10 @@ class Gated(TinyCNN):
         super().__init__()
         self.gate = None          # threading.Event or None
         self.entered = None
+        self.rows_seen = 0        # rows through forward (to see where a cancelled run stopped)
 
     def forward(self, x):
+        self.rows_seen += x.shape[0]
         if self.gate is not None:
             self.entered.set()
             assert self.gate.wait(30), "test gate never opened"
@@ -88,7 +93,7 @@ def wait_job(url, job, timeout=60):
     while time.monotonic() < deadline:
         status, st, _ = call(url, f"/api/jobs/{job}")
         assert status == 200
-        if st["state"] in ("done", "error"):
+        if st["state"] in ("done", "error", "cancelled"):
             return st
         time.sleep(0.05)
     raise AssertionError("job did not finish")
@@ -561,6 +566,235 @@ def test_job_queue_reports_errors_without_tracebacks():
         assert sc["state"] == "done" and q.result(c) == "fine"
     finally:
         q.stop()
+
+
+# ---- misuse: cross-site requests, wrong verbs, cancellation, disconnects, long runs ---------------
+
+def _route_paths(app):
+    """Each route of the app with its path parameters filled in, and the verbs it accepts."""
+    out = []
+    for route in app.routes:
+        path = route.path.replace("{name}", "app.js").replace("{image_id}", "0" * 32).replace("{job_id}", "0" * 32)
+        out.append((path, set(route.methods)))
+    return out
+
+
+def test_cross_site_posts_are_refused(server):
+    url, app, _ = server
+    host = urllib.parse.urlsplit(url).netloc
+    stored_before = list(app.state.explorer.images._images)
+    refused = [{"Origin": "http://attacker.example"}, {"Origin": "null"},
+               {"Origin": f"https://{host}"},                     # another scheme is another origin
+               {"Origin": url.replace("127.0.0.1", "localhost")},  # another host name too
+               {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+               {"Origin": url, "Sec-Fetch-Site": "cross-site"}]
+    for headers in refused:
+        for path, body in (("/api/image?sample=stripes", b""), ("/api/explain", b"{}"), ("/api/estimate", b"{}"),
+                           ("/api/jobs/" + "0" * 32 + "/cancel", b"")):
+            status, r, hdrs = call(url, path, body, headers=headers)
+            assert status == 403, (headers, path, status, r)
+            assert "Cross-site request refused" in r["error"], r
+            assert hdrs["x-content-type-options"] == "nosniff"
+    assert list(app.state.explorer.images._images) == stored_before   # nothing was stored
+    # the page's own origin, a browser's same-origin fetch, and clients without the headers pass
+    for headers in ({"Origin": url}, {"Origin": url, "Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"},
+                    {}):
+        status, r, _ = call(url, "/api/image?sample=stripes", b"", headers=headers)
+        assert status == 200, (headers, r)
+    # reading is not state-changing: a foreign origin may GET (CORS keeps the answer from its page)
+    assert call(url, "/api/info", headers={"Origin": "http://attacker.example"})[0] == 200
+
+
+def test_extra_allowed_origins():
+    model = tiny()
+    app = create_app(model, "tiny", samples=SAMPLES, allowed_origins=["https://explorer.example.org"])
+    try:
+        with BackgroundServer(app) as url:
+            ok = call(url, "/api/image?sample=stripes", b"", headers={"Origin": "https://explorer.example.org"})
+            assert ok[0] == 200, ok
+            assert call(url, "/api/image?sample=stripes", b"", headers={"Origin": "https://other.example.org"})[0] == 403
+    finally:
+        app.state.jobs.stop()
+    with pytest.raises(ValueError, match="allowed_origins"):
+        create_app(model, "tiny", samples=SAMPLES, allowed_origins=["not an origin"])
+
+
+def test_wrong_verbs_are_answered_405_on_every_route(server):
+    url, app, _ = server
+    checked = 0
+    for path, verbs in _route_paths(app):
+        for verb in ("GET", "POST", "PUT", "DELETE", "PATCH"):
+            if verb in verbs:
+                continue
+            status, r, hdrs = call(url, path, b"" if verb != "GET" else None, method=verb)
+            assert status == 405, (verb, path, status)
+            assert set(hdrs["allow"].replace(" ", "").split(",")) == verbs, (verb, path, hdrs["allow"])
+            assert verb in r["error"] and "not allowed" in r["error"]
+            checked += 1
+    assert checked >= 4 * len(app.routes)
+    with urllib.request.urlopen(urllib.request.Request(url + "/api/info", method="HEAD"), timeout=30) as resp:
+        assert resp.status == 200
+
+
+def test_a_running_job_is_cancelled_at_its_next_progress_report(server):
+    url, _app, model = server
+    _, r, _ = call(url, "/api/image?sample=stripes", b"", method="POST")
+    body = {"image_id": r["image_id"], "target": 1, "methods": [{"name": "smoothgrad", "options": {"n_samples": 400}},
+                                                                {"name": "gradient"}]}
+    before = model_state(model)
+    model.gate, model.entered = threading.Event(), threading.Event()
+    try:
+        _, j, _ = explain_json(url, body)
+        assert model.entered.wait(30)
+        status, st, _ = call(url, f"/api/jobs/{j['job']}/cancel", b"")
+        assert status == 200 and st["state"] == "running" and st["stage"] == "cancelling"
+        model.rows_seen = 0
+    finally:
+        model.gate.set()
+    model.gate = None
+    st = wait_job(url, j["job"])
+    assert st["state"] == "cancelled" and "result" not in st, st
+    assert model.rows_seen < 400          # stopped after the chunk in flight, not after 400 rows
+    assert_same_state(before, model_state(model))   # hooks removed, flags and weights as they were
+    status, again, _ = call(url, f"/api/jobs/{j['job']}/cancel", b"")
+    assert status == 409 and "already ended" in again["error"]
+    assert call(url, "/api/jobs/" + "0" * 32 + "/cancel", b"")[0] == 404
+    # the worker goes on with the next run
+    _, k, _ = explain_json(url, dict(body, methods=[{"name": "gradient"}]))
+    assert wait_job(url, k["job"])["state"] == "done"
+
+
+def test_a_queued_job_is_cancelled_before_it_runs(server):
+    url, _app, model = server
+    _, r, _ = call(url, "/api/image?sample=stripes", b"", method="POST")
+    body = {"image_id": r["image_id"], "methods": [{"name": "gradient"}]}
+    model.gate, model.entered = threading.Event(), threading.Event()
+    try:
+        _, a, _ = explain_json(url, body)
+        assert model.entered.wait(30)
+        _, b, _ = explain_json(url, dict(body, target=3))
+        _, c, _ = explain_json(url, dict(body, target=4))
+        status, sb, _ = call(url, f"/api/jobs/{b['job']}/cancel", b"")
+        assert status == 200 and sb["state"] == "cancelled"
+        assert call(url, f"/api/jobs/{c['job']}")[1]["ahead"] == 1   # b left the queue
+    finally:
+        model.gate.set()
+    model.gate = None
+    assert wait_job(url, a["job"])["state"] == "done" and wait_job(url, c["job"])["state"] == "done"
+    assert call(url, f"/api/jobs/{b['job']}")[1]["state"] == "cancelled"
+
+
+def test_job_queue_cancel_stops_at_the_next_progress_call():
+    q = JobQueue()
+    started, calls = threading.Event(), []
+
+    def work(progress):
+        for k in range(1000):
+            progress(k / 1000, "loop")
+            calls.append(k)
+            started.set()
+            time.sleep(0.002)
+        return "finished"
+
+    try:
+        a = q.submit(work)
+        assert started.wait(10)
+        q.cancel(a)
+        st = q.wait(a, 10)
+        assert st["state"] == "cancelled" and q.result(a) is None
+        assert len(calls) < 1000
+        assert q.cancel("nope") is None
+    finally:
+        q.stop()
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_client_disconnects_leave_no_traceback_in_the_log(server):
+    url, _app, _ = server
+    host, port = urllib.parse.urlsplit(url).netloc.split(":")
+    _, r, _ = call(url, "/api/image?sample=stripes", b"", method="POST")
+    _, j, _ = explain_json(url, {"image_id": r["image_id"], "methods": [{"name": "gradient"}]})
+    files = wait_job(url, j["job"])["result"]["files"]
+    handler = _Records()
+    loggers = [logging.getLogger(n) for n in ("uvicorn.error", "uvicorn", "saliencekit.web", "")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        # a download abandoned before the answer is read
+        for path in (files["saliency.pt"], "/", "/api/info"):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            sock.close()
+        # bodies cut off by the client
+        for head in (b"POST /api/image?name=x.png HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 150000\r\n",
+                     b"POST /api/explain HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n",
+                     b"POST /api/estimate HTTP/1.1\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n"):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(head + f"Host: {host}:{port}\r\n\r\n".encode() + b"{" * 600)
+            time.sleep(0.2)
+            sock.close()
+        time.sleep(0.5)
+        assert call(url, "/api/info")[0] == 200      # the server goes on
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+    noisy = [r for r in handler.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not noisy, [(r.name, r.getMessage()) for r in noisy]
+
+
+def test_estimate_is_rows_times_the_measured_seconds_per_row(server):
+    url, app, _ = server
+    ex = app.state.explorer
+    _, r, _ = call(url, "/api/image?sample=stripes", b"", method="POST")
+    body = {"image_id": r["image_id"], "methods": [{"name": "gradient"},
+                                                   {"name": "smoothgrad", "options": {"n_samples": 30}}]}
+    status, est, _ = call(url, "/api/estimate", json.dumps(body).encode(), headers={"content-type": "application/json"})
+    assert status == 200, est
+    per_row = est["seconds_per_row"]
+    assert 0 < per_row < 5 and 0 < est["seconds_per_forward_row"] < 5   # measured on the model
+    assert [m["method"] for m in est["methods"]] == ["gradient", "smoothgrad"]
+    assert [m["rows"] for m in est["methods"]] == [REGISTRY["gradient"].rows_per_image({}), 30.0]
+    assert est["methods"][1]["seconds"] == pytest.approx(30 * per_row, rel=0.01, abs=0.01)
+    assert est["long"] is False and est["threshold_s"] == explorer_module.LONG_RUN_SECONDS
+    saved = ex._row_seconds, ex._forward_row_seconds
+    try:
+        ex._row_seconds, ex._forward_row_seconds = 0.5, 0.1   # a slow model: 500 samples take minutes
+        body["methods"][1]["options"]["n_samples"] = 500
+        _, est, _ = call(url, "/api/estimate", json.dumps(dict(body, metrics=True, metric_steps=8)).encode(),
+                         headers={"content-type": "application/json"})
+        curve_rows = len(curve_metrics()) * (8 + 1) * 2
+        assert est["curve_rows"] == curve_rows
+        assert est["seconds"] == pytest.approx(0.5 * (1 + 500) + 0.1 * curve_rows, abs=0.1)
+        assert est["long"] is True
+        # a bad request is refused as /api/explain refuses it
+        status, bad, _ = call(url, "/api/estimate", json.dumps({"image_id": r["image_id"], "methods": []}).encode(),
+                              headers={"content-type": "application/json"})
+        assert status == 400 and "methods" in bad["error"]
+        # a finished run of 8 rows or more moves the estimate towards the speed seen
+        _, j, _ = explain_json(url, {"image_id": r["image_id"], "methods": [{"name": "smoothgrad",
+                                                                               "options": {"n_samples": 16}}]})
+        assert wait_job(url, j["job"])["state"] == "done"
+        assert ex._row_seconds < 0.5
+    finally:
+        ex._row_seconds, ex._forward_row_seconds = saved
+
+
+def test_page_has_cancel_and_confirm_controls(server):
+    url, _, _ = server
+    page = call(url, "/")[1].decode()
+    for element in ('id="cancel"', 'id="confirm"', 'id="confirm-run"', 'id="confirm-back"'):
+        assert element in page
+    script = call(url, "/static/app.js")[1].decode()
+    assert "/api/estimate" in script and "/cancel`" in script and "est.long" in script
 
 
 # ---- CLI ------------------------------------------------------------------------------------------

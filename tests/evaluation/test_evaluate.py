@@ -92,11 +92,13 @@ def test_cli_writes_resumes_overwrites(cli, folder, tmp_path):
     blocks = out / "blocks"
     assert sorted(p.name for p in blocks.iterdir()) == [f"block_0000.{m}.json" for m in sorted(METHODS.split(","))]
 
-    # resume: a tampered stored value is kept (the entry is reused, not recomputed)
+    # resume: a stored value changed with a matching sha256 (a valid entry) is kept: the entry is
+    # reused, not recomputed
     entry = blocks / "block_0000.gradient.json"
     e = json.loads(entry.read_text())
     i = next(k for k, r in enumerate(e["rows"]) if r[0] == "img1.png" and r[3] == "deletion")
     e["rows"][i][4] = 12345.0
+    e["sha256"] = st.entry_digest(e)
     entry.write_text(json.dumps(e))
     r = cli(str(folder), "--methods", METHODS, "--metrics", METRICS, "--out", str(out), *OPTS)
     assert r.exit_code == 0 and "resuming: 3 finished" in r.output
@@ -104,8 +106,9 @@ def test_cli_writes_resumes_overwrites(cli, folder, tmp_path):
 
     # a missing or damaged entry is recomputed; the tables are complete and hold nothing twice
     (blocks / "block_0000.random.json").unlink()
-    (blocks / "block_0000.smoothgrad.json").write_text('{"format": 1, "rows": [')
+    (blocks / "block_0000.smoothgrad.json").write_text('{"format": 2, "rows": [')
     r = cli(str(folder), "--methods", METHODS, "--metrics", METRICS, "--out", str(out), *OPTS)
+    assert "block_0000.smoothgrad.json: is not complete JSON" in r.output
     assert r.exit_code == 0 and "resuming: 1 finished" in r.output
     now = (out / "results.csv").read_text().splitlines()
     assert _value(out, "img1.png", "gradient", "deletion") == "12345"
@@ -120,7 +123,7 @@ def test_cli_writes_resumes_overwrites(cli, folder, tmp_path):
     assert len(_rows(out / "results.csv")) == 3 and _value(out, "img1.png", "gradient", "deletion") == "12345"
     r = cli(str(folder), "--methods", "gradient", "--metrics", "deletion", "--out", str(out), *OPTS,
             "-M", "deletion.step=256")
-    assert r.exit_code == 0 and "resuming" not in r.output
+    assert r.exit_code == 0 and "resuming:" not in r.output
     assert _value(out, "img1.png", "gradient", "deletion") not in ("12345", None)
 
     # --overwrite recomputes everything: back to the original bytes
@@ -156,8 +159,10 @@ def test_cli_errors_and_limit(cli, folder, tmp_path):
     r = cli(str(folder), "--methods", "gradient", "--metrics", "deletion", "--limit", "2", "--out",
             str(tmp_path / "o1"), "-M", "deletion.step=256", "--target", "label")
     assert r.exit_code == 0, r.output
+    assert "skipping unreadable image broken.png" in r.output
     rows = _rows(tmp_path / "o1" / "results.csv")
-    assert [(r["image"], r["class_index"]) for r in rows] == [("img0.png", "0")]  # broken.png skipped
+    # broken.png (first by name) is skipped and does not count: two readable images
+    assert [(r["image"], r["class_index"]) for r in rows] == [("img0.png", "0"), ("img1.png", "1")]
 
 
 def test_cli_list_reads_the_registries():

@@ -169,7 +169,7 @@ def test_cli_ray_backend_writes_the_same_files(cluster, tmp_path):
     args = ["evaluate", "--methods", "gradient,random", "--metrics", "deletion,autvc", "-M", "deletion.step=12544",
             "--seed", "3", "--batch-size", "4", "--block-size", "1"]
     runner = CliRunner()
-    loc = one_thread(runner.invoke, main, args + ["--out", str(tmp_path / "local")])
+    loc = one_thread(runner.invoke, main, args + ["--out", str(tmp_path / "local"), "--threads", "1"])
     assert loc.exit_code == 0, loc.output
     rr = runner.invoke(main, args + ["--out", str(tmp_path / "ray"), "--backend", "ray", "--workers", "2"])
     assert rr.exit_code == 0, rr.output

@@ -4,7 +4,8 @@ The images are cut into contiguous blocks of ``block_size`` (in list order). The
 storage and of resume is one **(block, method)** pair: every finished pair is written at once to
 ``OUT/blocks/block_XXXX.METHOD.json``, atomically (temporary file, ``fsync``, rename), so an entry
 is either complete on disk or absent. An entry holds the pair's four tables (rows, curves, timings,
-extras; floats as ``repr``, exact) and the configuration that produced it:
+extras; floats as ``repr``, exact), the configuration that produced it and the sha256 of all of
+that (``sha256``), so an entry damaged on disk or edited by hand is recognised:
 
 * the run's settings: model, device, torch threads, seed, target, chunk size, memory layout;
 * the block's image names (and their labels with ``target="label"``);
@@ -13,7 +14,10 @@ extras; floats as ``repr``, exact) and the configuration that produced it:
 
 A later run reuses an entry only when all of this matches and the entry holds every requested
 metric (it then keeps only those); anything else is recomputed and the entry replaced, so a
-changed configuration never reuses stale results and nothing is computed or written twice.
+changed configuration never reuses stale results and nothing is computed or written twice. An
+entry that cannot be trusted (not UTF-8 text, empty, not complete JSON, missing fields, a sha256
+that does not match its content, tables that do not cover its block) is never used: its pair is
+recomputed and a :class:`StoreEntryWarning` names the file and what is wrong with it.
 ``overwrite=True`` empties the store first. The CSV files of ``OUT/`` are assembled from the
 entries (``evaluation.report``); the layout is documented in docs/evaluation.md.
 
@@ -27,6 +31,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +45,13 @@ from . import variants
 from .run import FIELDS, TARGETS, EvalResult, check_names, evaluate_images
 
 BLOCKS_DIR = "blocks"
-FORMAT = 1
+FORMAT = 2                 # 2: entries carry the sha256 of their content
+# the fields of an entry besides its four tables
+ENTRY_FIELDS = ("format", "key", "config", "metrics", "sha256")
+
+
+class StoreEntryWarning(UserWarning):
+    """A block-store entry that cannot be trusted (damaged, cut short, edited): its pair is recomputed."""
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -81,6 +92,15 @@ def _plain(v: Any) -> Any:
 
 def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=_plain)
+
+
+def entry_digest(entry: dict[str, Any]) -> str:
+    """The sha256 of an entry's content (every field but ``sha256``), as JSON with sorted keys.
+
+    JSON floats round-trip exactly (``repr``), so the digest of an entry read back from disk equals
+    the one computed when it was written, unless its text was changed."""
+    body = {k: v for k, v in entry.items() if k != "sha256"}
+    return hashlib.sha256(_canonical(body).encode()).hexdigest()
 
 
 class BlockStore:
@@ -140,7 +160,18 @@ class BlockStore:
                 m: _canonical(dict(fixed.get(m) or {}, **((metric_options or {}).get(m) or {}))) for m in self.metrics}
         if overwrite:
             self.clear()
-        self.finished = {(k, m) for k in range(len(self.blocks)) for m in self.methods if self._read(k, m) is not None}
+        # entries that cannot be trusted: (path, what is wrong); their pairs are computed again
+        self.rejected: list[tuple[Path, str]] = []
+        self.finished = set()
+        for k in range(len(self.blocks)):
+            for m in self.methods:
+                res, problem = self._inspect(k, m)
+                if res is not None:
+                    self.finished.add((k, m))
+                elif problem is not None:
+                    self.rejected.append((self.path(k, m), problem))
+                    warnings.warn(f"{self.path(k, m)}: {problem}; this entry is not used and block {k} with "
+                                  f"method {m!r} is computed again", StoreEntryWarning, stacklevel=2)
 
     # ---- configuration ----------------------------------------------------------------------------
 
@@ -162,15 +193,51 @@ class BlockStore:
 
     def _read(self, k: int, method: str) -> EvalResult | None:
         """The stored result of (block ``k``, ``method``) restricted to this run's metrics, or None
-        when there is none, it is unreadable, or its configuration differs from this run's."""
+        when there is none, it cannot be trusted, or its configuration differs from this run's."""
+        return self._inspect(k, method)[0]
+
+    def _inspect(self, k: int, method: str) -> tuple[EvalResult | None, str | None]:
+        """``(result, None)`` for a usable entry; ``(None, None)`` when there is no entry or it is
+        another configuration's (or another format's); ``(None, problem)`` when the entry cannot be
+        trusted, ``problem`` saying why."""
         try:
-            entry = json.loads(self.path(k, method).read_text())
-            if entry.get("key") != self.key(k, method):
-                return None
-            stored = entry["metrics"]
-            if any(stored.get(m) != self._metric_options[method][m] for m in self.metrics):
-                return None
-            res = EvalResult()
+            raw = self.path(k, method).read_bytes()
+        except FileNotFoundError:
+            return None, None
+        except OSError as e:
+            return None, f"cannot be read ({e.strerror or e})"
+        if not raw.strip():
+            return None, "is empty"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return None, f"is not UTF-8 text (binary bytes from byte {e.start})"
+        if "\x00" in text:
+            return None, f"holds binary bytes (a NUL at byte {text.index(chr(0))})"
+        try:
+            entry = json.loads(text)
+        except ValueError as e:
+            where = f"line {e.lineno}, column {e.colno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else str(e)
+            return None, f"is not complete JSON ({where}; cut short or damaged)"
+        if not isinstance(entry, dict):
+            return None, f"is not a JSON object (found {type(entry).__name__})"
+        if isinstance(entry.get("format"), int) and not isinstance(entry["format"], bool) \
+                and entry["format"] != FORMAT:
+            return None, None  # written by another version of the store: recomputed like any other configuration
+        missing = [f for f in (*ENTRY_FIELDS, *FIELDS) if f not in entry]
+        if missing:
+            return None, f"lacks the field(s) {', '.join(missing)}"
+        if entry["sha256"] != entry_digest(entry):
+            return None, "does not match its sha256 (a value was changed, emptied or cut short)"
+        if entry["key"] != self.key(k, method):
+            return None, None
+        stored = entry["metrics"]
+        if not isinstance(stored, dict):
+            return None, "has a malformed 'metrics' field"
+        if any(stored.get(m) != self._metric_options[method][m] for m in self.metrics):
+            return None, None
+        res = EvalResult()
+        try:
             for table, fields in FIELDS.items():
                 lines = [dict(zip(fields, line, strict=True)) for line in entry[table]]
                 if table in ("rows", "curves"):  # the entry may hold more metrics than this run asks for
@@ -178,11 +245,15 @@ class BlockStore:
                 elif table == "timings":
                     lines = [r for r in lines if r["stage"] == "explain" or r["stage"] in self.metrics]
                 getattr(res, table).extend(lines)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
+        except (ValueError, TypeError) as e:
+            return None, f"has a malformed table ({e})"
+        bad = next((r for r in res.rows if isinstance(r["value"], bool) or not isinstance(r["value"], (int, float))),
+                   None)
+        if bad is not None:
+            return None, f"holds a value that is not a number ({bad['value']!r} for {bad['image']}, {bad['metric']})"
         if table_keys(res) != self._expected(k, method):
-            return None
-        return res
+            return None, "does not hold exactly one value per image and metric of its block"
+        return res, None
 
     def _expected(self, k: int, method: str) -> list[tuple[str, str, str]]:
         return [(n, method, m) for n in self.blocks[k] for m in self.metrics]
@@ -220,7 +291,11 @@ class BlockStore:
                      "metrics": self._metric_options[method]}
             for table, fields in FIELDS.items():
                 entry[table] = [[r[f] for f in fields] for r in getattr(res, table)]
-            atomic_write_text(self.path(k, method), json.dumps(entry, default=_plain))
+            # the digest of the entry as it will be read back (options that are not JSON become
+            # their stand-ins, dictionary keys strings), so a reader recomputes the same value
+            entry = json.loads(json.dumps(entry, default=_plain))
+            entry["sha256"] = entry_digest(entry)
+            atomic_write_text(self.path(k, method), json.dumps(entry))
             self.finished.add((k, method))
 
     def block(self, k: int) -> EvalResult:
@@ -290,4 +365,5 @@ def evaluate_local(store: BlockStore, model, images: Sequence[tuple[str, torch.T
     return store.assemble()
 
 
-__all__ = ["BLOCKS_DIR", "BlockStore", "atomic_write_text", "evaluate_local", "plan_blocks"]
+__all__ = ["BLOCKS_DIR", "BlockStore", "StoreEntryWarning", "atomic_write_text", "entry_digest", "evaluate_local",
+           "plan_blocks"]

@@ -79,6 +79,7 @@ def _judge(j: Judged, opts):
     return allegiance(j.model, j.x01, j.heat, batch_size=j.batch_size, **opts), None
 
 
-register("allegiance", fn=allegiance, higher_is_better=False, kind="scalar", space="pixel", judge=_judge, default=True)
+register("allegiance", fn=allegiance, higher_is_better=False, kind="scalar", space="pixel", judge=_judge, default=True,
+         bounds=(0, 1))
 
 __all__ = ["allegiance", "occlusion_masks", "FRACTIONS", "MODES"]

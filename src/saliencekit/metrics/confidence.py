@@ -56,8 +56,8 @@ def _judge(fn):
 
 
 register("average_drop", fn=average_drop, higher_is_better=False, kind="scalar", space="model",
-         judge=_judge(average_drop), default=True)
+         judge=_judge(average_drop), default=True, bounds=(0, 100))
 register("increase_in_confidence", fn=increase_in_confidence, higher_is_better=True, kind="scalar", space="model",
-         judge=_judge(increase_in_confidence), default=True)
+         judge=_judge(increase_in_confidence), default=True, bounds=(0, 100))
 
 __all__ = ["average_drop", "increase_in_confidence", "confidence_scores"]

@@ -148,14 +148,15 @@ def _judge(fn, protocol):
     return judge
 
 
-register("deletion", fn=deletion, higher_is_better=False, kind="curve", space="model", judge=_judge(deletion, "rise"), default=True)
+register("deletion", fn=deletion, higher_is_better=False, kind="curve", space="model",
+         judge=_judge(deletion, "rise"), default=True, bounds=(0, 1))
 register("insertion", fn=insertion, higher_is_better=True, kind="curve", space="model",
-         judge=_judge(insertion, "rise"), default=True)
+         judge=_judge(insertion, "rise"), default=True, bounds=(0, 1))
 register("deletion_igos", fn=deletion, higher_is_better=False, kind="curve", space="model",
-         judge=_judge(deletion, "igos"), options={"protocol": "igos"},
+         judge=_judge(deletion, "igos"), options={"protocol": "igos"}, bounds=(0, 1),
          doc="Deletion AUC, I-GOS protocol (blurred substrate, ranked mask cells).")
 register("insertion_igos", fn=insertion, higher_is_better=True, kind="curve", space="model",
-         judge=_judge(insertion, "igos"), options={"protocol": "igos"},
+         judge=_judge(insertion, "igos"), options={"protocol": "igos"}, bounds=(0, 1),
          doc="Insertion AUC, I-GOS protocol (blurred start image, ranked mask cells).")
 
 __all__ = ["deletion", "insertion", "CurveResult", "PROTOCOLS"]

@@ -3,7 +3,8 @@
 Each metric module registers its entries with :func:`register`: the public function, which
 direction is better, whether it yields a curve or a scalar, whether it perturbs pixels in model
 space or in [0, 1] pixel space, the options it fixes (``deletion_igos`` is ``deletion`` with
-``protocol="igos"``), and ``judge``: how it is applied to one evaluated map (:class:`Judged`).
+``protocol="igos"``), ``judge``: how it is applied to one evaluated map (:class:`Judged`), and
+``bounds``: the range of its values, when it has one (the report keeps intervals inside it).
 Adding a metric is one module in ``metrics/`` that registers itself here.
 """
 
@@ -47,6 +48,7 @@ class MetricSpec:
     options: Mapping[str, Any] = field(default_factory=dict)   # fixed options of this entry
     doc: str = ""
     default: bool = False            # in ``saliencekit evaluate``'s default set
+    bounds: Optional[Tuple[float, float]] = None   # (low, high) every value lies in; None: unbounded
 
     @property
     def arrow(self) -> str:
@@ -64,14 +66,24 @@ SPACES = ("model", "pixel")
 
 def register(name: str, *, fn: Callable, higher_is_better: bool, kind: str, space: str,
              judge: Callable[[Judged, Dict[str, Any]], Outcome], options: Optional[Mapping[str, Any]] = None,
-             doc: str = "", default: bool = False) -> MetricSpec:
+             doc: str = "", default: bool = False, bounds: Optional[Tuple[float, float]] = None) -> MetricSpec:
+    """``bounds``: the (low, high) range every per-image value lies in (AUCs of probabilities in
+    [0, 1], percentages in [0, 100]); the report keeps intervals inside it. None: unbounded."""
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
     if space not in SPACES:
         raise ValueError(f"space: expected one of {', '.join(SPACES)}, got {space!r}")
+    if bounds is not None:
+        try:
+            lo, hi = (float(b) for b in bounds)
+        except (TypeError, ValueError):
+            raise ValueError(f"bounds: expected (low, high) numbers or None, got {bounds!r}") from None
+        if not lo < hi:
+            raise ValueError(f"bounds: expected low < high, got {bounds!r}")
+        bounds = (lo, hi)
     first = (fn.__doc__ or "").strip().splitlines()
     spec = MetricSpec(name, fn, bool(higher_is_better), kind, space, judge, dict(options or {}),
-                      doc or (first[0] if first else ""), default)
+                      doc or (first[0] if first else ""), default, bounds)
     METRICS[name] = spec
     return spec
 

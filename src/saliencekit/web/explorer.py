@@ -7,6 +7,12 @@ the metric registry, PNGs and a ``.pt`` of raw tensors rendered in memory.
 What the page offers comes from the registries, read at each call: the methods (and, per method,
 the options in its ``MethodSpec.ui`` with their ranges; every other option keeps its default),
 the progress estimate (``MethodSpec.rows_per_image``), and the curves (:func:`curve_metrics`).
+
+Before a run the page asks for an estimate of its duration (:meth:`Explorer.estimate`): each
+method's rows per image times the model's seconds per forward+backward row, plus the curves'
+forward rows times the seconds per forward row. Both times are measured once on the model (a
+blank batch at its input size) and then follow the runs actually done; the page asks the user to
+confirm a run estimated above ``LONG_RUN_SECONDS``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import io
 import math
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -39,6 +46,8 @@ MAX_METHODS_PER_RUN = 8
 METRIC_STEPS_RANGE = (4, 224)
 DEFAULT_METRIC_STEPS = 28
 DEFAULT_METHODS = ("smoothgrad", "gradcam")   # ticked when the page opens (those registered)
+LONG_RUN_SECONDS = 60.0                       # the page asks before a run estimated to take longer
+CALIBRATION_ROWS = 4                          # rows of the blank batch that times the model
 LAYER_DEPTH = 2                               # CAM layers offered: module names with fewer dots than this
 AUTOMATIC_LAYER = (None, "", "auto")          # the page's "automatic" layer: the method's own default
 
@@ -122,6 +131,9 @@ class Explorer:
         self._predict_lock = threading.Lock()
         self.samples = dict(samples if samples is not None else data.sample_images())
         self.layers, self.n_classes = self._model_facts()
+        # seconds per forward+backward row and per forward row (measured on first use, then followed)
+        self._row_seconds: Optional[float] = None
+        self._forward_row_seconds: Optional[float] = None
 
     # -- model facts --
     def _model_facts(self) -> Tuple[List[str], int]:
@@ -130,8 +142,11 @@ class Explorer:
         spatial B x C x H x W map, in execution order."""
         s = self.spec.size or 224
         blank = torch.zeros(1, 3, s, s, device=self.device)
-        layers = [name for name, module, shape in layer_outputs(self._predictor, blank)
-                  if name.count(".") < LAYER_DEPTH and _has_parameters(module) and is_spatial(shape)]
+        try:
+            layers = [name for name, module, shape in layer_outputs(self._predictor, blank)
+                      if name.count(".") < LAYER_DEPTH and _has_parameters(module) and is_spatial(shape)]
+        except TypeError:   # a TorchScript model takes no hooks: no layers to offer (CAMs say why when run)
+            layers = []
         with torch.no_grad():
             n_classes = int(as_output(self._predictor(blank)).shape[1])
         return layers, n_classes
@@ -171,7 +186,8 @@ class Explorer:
     # -- images --
     def add_upload(self, raw: bytes, name: str = "upload") -> Tuple[str, StoredImage]:
         im, notes = decode_image(raw, max_bytes=self.max_upload_bytes, max_pixels=self.max_pixels,
-                                 max_side=self.max_side)
+                                 max_side=self.max_side, name=name if name != "upload" else None,
+                                 input_side=max(self.spec.resize or 0, self.spec.size or 0) or None)
         return self._store(im, notes, name)
 
     def add_sample(self, name: str) -> Tuple[str, StoredImage]:
@@ -285,6 +301,66 @@ class Explorer:
             return v
         raise InputError(f"{where}: options of kind {option.kind!r} cannot be set from the page.")
 
+    # -- estimates --
+    def seconds_per_row(self) -> Tuple[float, float]:
+        """(seconds per forward+backward row, seconds per forward row) of the model on its device.
+
+        Measured the first time on a blank batch of ``CALIBRATION_ROWS`` images at the model's
+        input size (on the private copy, after one untimed warm-up pass); afterwards the
+        forward+backward time follows the runs done (see :meth:`run`)."""
+        if self._row_seconds is None or self._forward_row_seconds is None:
+            s = self.spec.size or 224
+            with self._predict_lock:
+                blank = torch.zeros(CALIBRATION_ROWS, 3, s, s, device=self.device)
+                timings = []
+                for _ in range(2):   # the first pass warms up (allocations, kernels); the second is timed
+                    xg = blank.clone().requires_grad_(True)
+                    t0 = time.perf_counter()
+                    out = as_output(self._predictor(xg))
+                    torch.autograd.grad(out[:, 0].sum(), xg)
+                    self._sync()
+                    t1 = time.perf_counter()
+                    with torch.no_grad():
+                        self._predictor(blank)
+                    self._sync()
+                    timings.append((t1 - t0, time.perf_counter() - t1))
+                backward, forward = timings[-1]
+            if self._row_seconds is None:
+                self._row_seconds = backward / CALIBRATION_ROWS
+            self._forward_row_seconds = forward / CALIBRATION_ROWS
+        return self._row_seconds, self._forward_row_seconds
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def estimate(self, req: Request) -> Dict[str, Any]:
+        """How long ``req`` would hold the worker: per method its rows (``MethodSpec.rows_per_image``,
+        one image) times the seconds per forward+backward row, plus the curves' forward rows.
+        ``long`` is true above ``LONG_RUN_SECONDS`` (the page then asks to confirm)."""
+        per_row, per_forward = self.seconds_per_row()
+        entries = []
+        for name, opts in req.methods:
+            rows = methods.get(name).rows_per_image(opts) or 1.0
+            entries.append({"method": name, "rows": rows, "seconds": round(rows * per_row, 2)})
+        total = sum(e["seconds"] for e in entries)
+        curve_rows = 0
+        if req.metrics and curve_metrics():
+            hw = self.spec.size * self.spec.size if self.spec.size else 224 * 224
+            step = max(1, math.ceil(hw / req.metric_steps))
+            curve_rows = len(curve_metrics()) * (math.ceil(hw / step) + 1) * len(req.methods)
+            total += curve_rows * per_forward
+        return {"seconds": round(total, 1), "methods": entries, "curve_rows": curve_rows,
+                "seconds_per_row": per_row, "seconds_per_forward_row": per_forward,
+                "long": total > LONG_RUN_SECONDS, "threshold_s": LONG_RUN_SECONDS}
+
+    def _observed(self, rows: int, seconds: float) -> None:
+        """Follow the model's speed: a finished method's seconds per row (from runs of 8 rows or
+        more, where fixed costs are small) moves the estimate half way towards it."""
+        if rows >= 8 and seconds > 0:
+            seen = seconds / rows
+            self._row_seconds = seen if self._row_seconds is None else 0.5 * (self._row_seconds + seen)
+
     # -- running --
     def run(self, req: Request, progress: Optional[Callable[[float, str], None]] = None) -> Result:
         """Run the request's methods (and curves) on the stored image; everything stays in memory."""
@@ -322,6 +398,7 @@ class Explorer:
                          "seed": e.seed}
             entries.append(entry)
             heats.append(heat)
+            self._observed(rows[0], e.time_s)
             report(idx + 1, name)
 
         if curves:
@@ -372,4 +449,4 @@ class Explorer:
         return entry, files, heat
 
 
-__all__ = ["Explorer", "InputError", "Request", "Result", "curve_metrics", "decode_image"]
+__all__ = ["Explorer", "InputError", "LONG_RUN_SECONDS", "Request", "Result", "curve_metrics", "decode_image"]

@@ -4,6 +4,10 @@ The model runs one job at a time (methods place hooks on it and change its ``req
 flags for the duration of a call), so a request that arrives while another runs is queued, never
 dropped or run concurrently. Each job reports its queue position, progress and current stage;
 finished jobs are kept (results in memory) until ``max_done`` newer ones have finished.
+
+A job can be cancelled: a queued one is taken off the queue at once; a running one stops at its
+next progress report (the job's progress callback raises :class:`JobCancelled`, which unwinds the
+method like any error, so hooks are removed and the model is restored on the way out).
 """
 
 from __future__ import annotations
@@ -19,15 +23,23 @@ from typing import Any, Callable, Deque, Dict, Optional
 log = logging.getLogger("saliencekit.web")
 
 
+FINISHED = ("done", "error", "cancelled")
+
+
 class QueueFull(RuntimeError):
     pass
+
+
+class JobCancelled(Exception):
+    """Raised inside a running job by its progress callback once the job has been cancelled."""
 
 
 @dataclass
 class Job:
     id: str
     fn: Callable[[Callable[[float, str], None]], Any]
-    state: str = "queued"              # queued | running | done | error
+    state: str = "queued"              # queued | running | done | error | cancelled
+    cancel_requested: bool = False
     progress: float = 0.0
     stage: str = ""
     result: Any = None
@@ -83,6 +95,21 @@ class JobQueue:
                 d["elapsed_s"] = round((job.finished or time.monotonic()) - job.started, 2)
             return d
 
+    def cancel(self, job_id: str) -> Optional[Dict[str, Any]]:
+        """Cancel a job: a queued one leaves the queue now, a running one stops at its next progress
+        report. Returns the job's status (``None`` for an unknown id); a finished job is left as is."""
+        with self._cv:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            if job.state == "queued":
+                self._pending.remove(job)
+                self._finish(job, "cancelled", None, None)
+            elif job.state == "running":
+                job.cancel_requested = True
+                job.stage = "cancelling"
+        return self.status(job_id)
+
     def _ahead(self, job: Job) -> int:
         running = sum(1 for j in self._jobs.values() if j.state == "running")
         return running + list(self._pending).index(job)
@@ -93,12 +120,12 @@ class JobQueue:
             return job.result if job is not None and job.state == "done" else None
 
     def wait(self, job_id: str, timeout: Optional[float] = None) -> Optional[Dict[str, Any]]:
-        """Block until the job is done or failed (for tests and scripts)."""
+        """Block until the job is done, failed or cancelled (for tests and scripts)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             while True:
                 job = self._jobs.get(job_id)
-                if job is None or job.state in ("done", "error"):
+                if job is None or job.state in FINISHED:
                     break
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -124,24 +151,34 @@ class JobQueue:
 
             def progress(frac: float, stage: str, _job=job) -> None:
                 with self._cv:
+                    if _job.cancel_requested:
+                        raise JobCancelled(_job.id)
                     _job.progress = max(_job.progress, min(1.0, float(frac)))
                     _job.stage = stage
 
             try:
                 res = job.fn(progress)
                 outcome = ("done", res, None)
+            except JobCancelled:
+                outcome = ("cancelled", None, None)
             except self.user_error as e:
                 outcome = ("error", None, str(e))
             except Exception:
                 log.exception("job %s failed", job.id)
                 outcome = ("error", None, "Internal error while computing the maps (see the server log).")
             with self._cv:
-                job.state, job.result, job.error = outcome
-                job.finished = time.monotonic()
-                if job.state == "done":
-                    job.progress = 1.0
-                job.fn = None  # drop references to the request
-                self._done_order.append(job.id)
-                while len(self._done_order) > self.max_done:
-                    self._jobs.pop(self._done_order.popleft(), None)
-                self._cv.notify_all()
+                self._finish(job, *outcome)
+
+    def _finish(self, job: Job, state: str, result: Any, error: Optional[str]) -> None:
+        """Record a job's end (the caller holds the lock) and forget the oldest finished jobs."""
+        job.state, job.result, job.error = state, result, error
+        job.finished = time.monotonic()
+        if state == "done":
+            job.progress = 1.0
+        if state == "cancelled":
+            job.stage = "cancelled"
+        job.fn = None  # drop references to the request
+        self._done_order.append(job.id)
+        while len(self._done_order) > self.max_done:
+            self._jobs.pop(self._done_order.popleft(), None)
+        self._cv.notify_all()

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { info: null, image: null, polling: null };
+const state = { info: null, image: null, polling: null, job: null, pending: null, estimate: null };
 const CURVE_COLOURS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#be185d", "#4b5563"];
 
 function el(tag, attrs, ...children) {
@@ -72,6 +72,13 @@ async function init() {
     ms.value = info.metric_steps.default; ms.min = info.metric_steps.min; ms.max = info.metric_steps.max;
   }
   $("run").addEventListener("click", run);
+  $("cancel").addEventListener("click", cancelRun);
+  $("confirm-run").addEventListener("click", () => {
+    const pending = state.pending;
+    hideConfirm();
+    if (pending) submit(pending.req, pending.est);
+  });
+  $("confirm-back").addEventListener("click", () => { hideConfirm(); $("run").disabled = false; });
 }
 
 function buildMethods(info) {
@@ -176,27 +183,83 @@ function collectRequest() {
   return req;
 }
 
+function duration(seconds) {
+  if (seconds < 90) return `${Math.max(1, Math.round(seconds))} s`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
+const JSON_POST = { method: "POST", headers: { "content-type": "application/json" } };
+
 async function run() {
   showError("");
+  hideConfirm();
   if (!state.image) { showError("Choose a sample or upload a photo first."); return; }
   const req = collectRequest();
   if (req.methods.length === 0) { showError("Tick at least one method."); return; }
-  let answer;
   $("run").disabled = true;  // one run per page at a time; other tabs and users queue on the server
+  let est;
   try {
-    answer = await api("/api/explain", { method: "POST", headers: { "content-type": "application/json" },
-      body: JSON.stringify(req) });
+    est = await api("/api/estimate", { ...JSON_POST, body: JSON.stringify(req) });
   } catch (err) { showError(err.message); $("run").disabled = false; return; }
+  if (est.long) { showConfirm(req, est); return; }
+  submit(req, est);
+}
+
+// a run estimated to hold the server for minutes waits for the user's go-ahead
+function showConfirm(req, est) {
+  state.pending = { req, est };
+  const rows = (n) => `${n} row${n === 1 ? "" : "s"}`;
+  const parts = est.methods.map((m) => `${m.method} ${rows(Math.round(m.rows))}`).join(", ");
+  const curves = est.curve_rows ? ` and ${est.curve_rows} curve rows` : "";
+  $("confirm-text").textContent = `This run is estimated to take about ${duration(est.seconds)} ` +
+    `(${parts}${curves}; about ${(est.seconds_per_row * 1000).toFixed(1)} ms per row on this model), and ` +
+    "other runs wait meanwhile. Run it anyway, or lower the samples / steps first?";
+  $("confirm").hidden = false;
+}
+
+function hideConfirm() {
+  state.pending = null;
+  $("confirm").hidden = true;
+}
+
+async function submit(req, est) {
+  let answer;
+  $("run").disabled = true;
+  try {
+    answer = await api("/api/explain", { ...JSON_POST, body: JSON.stringify(req) });
+  } catch (err) { showError(err.message); $("run").disabled = false; return; }
+  state.job = answer.job;
+  state.estimate = est;
   $("progress").hidden = false;
+  $("cancel").hidden = false;
+  $("cancel").disabled = false;
   poll(answer.job);
+}
+
+async function cancelRun() {
+  if (!state.job) return;
+  $("cancel").disabled = true;
+  try {
+    await api(`/api/jobs/${state.job}/cancel`, { method: "POST" });
+  } catch (err) { showError(err.message); }
+}
+
+function endRun() {
+  state.job = null;
+  $("run").disabled = false;
+  $("cancel").hidden = true;
 }
 
 function setProgress(st) {
   $("bar-fill").style.width = `${Math.round((st.progress || 0) * 100)}%`;
+  const est = state.estimate && state.estimate.seconds >= 5 ? ` (estimated ${duration(state.estimate.seconds)} in all)` : "";
   let text;
   if (st.state === "queued") text = `queued: ${st.ahead} run${st.ahead === 1 ? "" : "s"} ahead of this one`;
-  else if (st.state === "running") text = `running ${st.stage || ""} · ${Math.round(st.progress * 100)}%`;
+  else if (st.state === "running" && st.stage === "cancelling") text = "cancelling: stopping at the next step…";
+  else if (st.state === "running") text = `running ${st.stage || ""} · ${Math.round(st.progress * 100)}%${est}`;
   else if (st.state === "done") text = `done in ${st.elapsed_s} s`;
+  else if (st.state === "cancelled") text = "cancelled";
   else text = "failed";
   $("progress-text").textContent = text;
 }
@@ -204,11 +267,12 @@ function setProgress(st) {
 async function poll(jobId) {
   let st;
   try { st = await api(`/api/jobs/${jobId}`); } catch (err) {
-    showError(err.message); $("run").disabled = false; return;
+    showError(err.message); endRun(); return;
   }
   setProgress(st);
-  if (st.state === "done") { $("run").disabled = false; showResult(st.result, jobId); return; }
-  if (st.state === "error") { $("run").disabled = false; showError(st.error); return; }
+  if (st.state === "done") { endRun(); showResult(st.result, jobId); return; }
+  if (st.state === "error") { endRun(); showError(st.error); return; }
+  if (st.state === "cancelled") { endRun(); return; }
   setTimeout(() => poll(jobId), 300);
 }
 
