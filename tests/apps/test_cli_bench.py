@@ -40,7 +40,7 @@ def test_bench_on_a_tiny_model(tiny_cnn, monkeypatch, tmp_path):
     every requested setting gets a row, and the table is written."""
     monkeypatch.setattr("saliencekit.models.load_model", lambda name, device="cpu": tiny_cnn)
     out = tmp_path / "bench.md"
-    r = CliRunner().invoke(main, ["bench", "--model", "tiny", "-m", "smoothgrad_square", "-m", "gradient",
+    r = CliRunner().invoke(main, ["bench", "-m", "smoothgrad_square", "-m", "gradient",
                                   "-o", "n_samples=3", "--images", "3", "--size", "16", "--repeats", "2",
                                   "--channels-last", "--out", str(out)])
     assert r.exit_code == 0, r.output + repr(r.exception)

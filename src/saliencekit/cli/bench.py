@@ -20,7 +20,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import click
 
-from .options import for_method, parse_options, resolve_device
+from .options import (apply_threads, check_option_keys, cpu_snapshot, for_method, load_model, model_label,
+                      model_options, model_spec, parse_options, resolve_device, threads_option)
 
 POSITIVE = click.IntRange(min=1)
 
@@ -171,7 +172,7 @@ def machine() -> str:
 
 
 @click.command("bench")
-@click.option("--model", default="efficientnet-lite0", show_default=True, help="Model name (see load_model).")
+@model_options
 @click.option("--method", "-m", "method_names", multiple=True,
               help="Method or evaluation name (e.g. smoothgrad_square) to time, repeatable. Default: smoothgrad.")
 @click.option("--option", "-o", "extra", multiple=True,
@@ -179,34 +180,35 @@ def machine() -> str:
 @click.option("--images", default=2, show_default=True, type=POSITIVE, help="How many copies of the sample photos.")
 @click.option("--size", default=None, type=POSITIVE, help="Input size (default: the model's).")
 @click.option("--repeats", default=3, show_default=True, type=POSITIVE, help="Timed calls (best and median kept).")
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Where the model runs.")
 @click.option("--batch-size", default=None, type=POSITIVE, help="Rows per chunk (default: automatic).")
 @click.option("--precision", default=None, type=click.Choice(["fp32", "bf16", "fp16"]),
               help="Also time each method at this precision (the default row stays fp32).")
 @click.option("--channels-last", is_flag=True, help="Also time each method with channels_last.")
 @click.option("--compile", "compile_", is_flag=True, help="Also time each method with torch.compile.")
-@click.option("--threads", default=None, type=POSITIVE,
-              help="torch intra-op threads (default: torch's; 1 helps on an oversubscribed CPU).")
+@threads_option
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Also write the table as markdown.")
-def bench_cmd(model, method_names, extra, images, size, repeats, device, batch_size, precision, channels_last,
+def bench_cmd(model_args, method_names, extra, images, size, repeats, device, batch_size, precision, channels_last,
               compile_, threads, out):
-    """Time methods on MODEL here: ms/image, rows/s, the automatic chunk and layout, and the raw floor."""
+    """Time methods on the model here: ms/image, rows/s, the automatic chunk and layout, and the raw floor."""
+    load = cpu_snapshot()     # how busy the CPUs are while this command starts (the default --threads)
     import torch
 
     from .. import data
     from ..core.guard import forward_scores
     from ..methods import REGISTRY
-    from ..models import get_preprocessing, load_model
+    from ..models import get_preprocessing
 
     opts = parse_options(extra)
     cases = [(name, *_resolve_method(name)) for name in (method_names or ("smoothgrad",))]
-    if threads is not None:
-        torch.set_num_threads(threads)
+    check_option_keys(opts, list(dict.fromkeys(method for _, method, _ in cases)))
     device = resolve_device(device)
-    try:
-        net = load_model(model, device=device)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--model") from None
+    spec = model_spec(model_args)
+    model = model_label(spec)
+    n_threads, why = apply_threads(threads, load)
+    click.echo(f"torch threads: {n_threads} ({why})", err=True)
+    net = load_model(spec, device)
     photos = [a for _, a in data.sample_images()]
     x = data.load_images(photos, preprocessing=get_preprocessing(net), device=device, size=size)
     x = torch.cat([x] * ((images + x.shape[0] - 1) // x.shape[0]))[:images]

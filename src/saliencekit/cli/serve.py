@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .options import resolve_device
+from .options import apply_threads, cpu_snapshot, load_model, model_label, model_options, model_spec, resolve_device, \
+    threads_option
 
 
 def register(main: click.Group) -> None:
@@ -14,14 +15,19 @@ def register(main: click.Group) -> None:
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind. The default is loopback only; anything else exposes the server.")
-@click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--model", default="efficientnet-lite0", show_default=True, help="Model name for load_model.")
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@model_options
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Where the model runs.")
+@threads_option
 @click.option("--max-upload-mb", default=10.0, show_default=True, type=click.FloatRange(0.01, 200),
               help="Largest accepted upload.")
-def serve_cmd(host, port, model, device, max_upload_mb):
+def serve_cmd(host, port, model_args, device, threads, max_upload_mb):
     """Start the web explorer: upload a photo, compare saliency maps, download them."""
+    load = cpu_snapshot()     # how busy the CPUs are while this command starts (the default --threads)
     device = resolve_device(device)
+    spec = model_spec(model_args)
+    model = model_label(spec)
     try:
         import uvicorn
 
@@ -29,12 +35,9 @@ def serve_cmd(host, port, model, device, max_upload_mb):
     except ImportError as e:  # pragma: no cover - declared dependencies
         raise click.ClickException(f"the web explorer needs starlette and uvicorn ({e}); "
                                    f"reinstall saliencekit") from None
-    from ..models import load_model
-
-    try:
-        net = load_model(model, device=device)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--model") from None
+    n_threads, why = apply_threads(threads, load)
+    click.echo(f"torch threads: {n_threads} ({why})", err=True)
+    net = load_model(spec, device)
     if not is_loopback(host):
         click.echo(f"warning: binding to {host}: the explorer is reachable from other machines; it has no "
                    f"authentication.", err=True)

@@ -51,11 +51,24 @@ def capture(modules: Iterable[nn.Module]):
 
     try:
         for m in modules:
-            handles.append(m.register_forward_hook(make_hook(m)))
+            handles.append(add_forward_hook(m, make_hook(m)))
         yield store
     finally:
         for h in handles:
             h.remove()
+
+
+TORCHSCRIPT_LAYERS = ("layer: this is a TorchScript module, which takes no forward hooks, so its layers cannot be "
+                      "captured: CAM methods and layer= need a Python nn.Module (package.module:callable, or an "
+                      "architecture with a state_dict) or a torch.export program (.pt2); the gradient methods work")
+
+
+def add_forward_hook(module: nn.Module, hook):
+    """``module.register_forward_hook(hook)``; a TorchScript module (which takes no hooks) is a
+    ``TypeError`` that says what works instead."""
+    if isinstance(module, torch.jit.ScriptModule):
+        raise TypeError(TORCHSCRIPT_LAYERS)
+    return module.register_forward_hook(hook)
 
 
 def resolve_layer(model: nn.Module, layer) -> nn.Module:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .guard import model_guard
+from .hooks import add_forward_hook
 
 
 def _trace(model: nn.Module, x: torch.Tensor):
@@ -30,7 +31,7 @@ def _trace(model: nn.Module, x: torch.Tensor):
     with model_guard(model):
         try:
             for m in names:
-                handles.append(m.register_forward_hook(make(m)))
+                handles.append(add_forward_hook(m, make(m)))
             with torch.no_grad():
                 model(x)
         finally:
