@@ -270,7 +270,7 @@ def compare(model: nn.Module, x: torch.Tensor, methods: Sequence[str] = ("smooth
             fl = min((c for c in cases if c.kind == "floor"), key=lambda c: c.best)
             best_floor = (int(fl.name.rsplit(" ", 1)[1]), "channels_last" in fl.name)
     key = chunking.cache_key(x, speed.get_defaults())
-    chosen = chunking.cached_chunk(model, key)
+    chosen = chunking.cached_chunk(model, key) or chunking.safe_rows(x, x.shape[0] * n)
     layout = chunking.cached_layout(model, key)
     return {"groups": groups, "cold_first_call_s": cold, "auto_chunk": chosen, "auto_layout": layout, "n": n,
             "images": x.shape[0], "input": tuple(x.shape[1:]), "repeats": repeats, "warmup": warmup}

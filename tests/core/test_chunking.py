@@ -1,4 +1,4 @@
-"""Chunk policies (core.chunking): online calibration on a scripted clock, the cache, out-of-memory back-off,
+"""Chunk policies (core.chunking): the online layout probe on a scripted clock, the cache, out-of-memory back-off,
 the CUDA size from free memory, and the metrics' layout probe."""
 
 from __future__ import annotations
@@ -46,53 +46,26 @@ def scripted(monkeypatch):
     monkeypatch.setattr(chunking.Calibrator, "timer", staticmethod(lambda: clock[0]))
     return clock
 
-def test_online_calibration_with_scripted_costs(scripted):
-    """Layouts at the start size, then doubling while faster, then the close sizes again, warm;
-    every probe chunk is real work: the rows sum to exactly the call's rows."""
-    cl_cost = {1: 0.9, 2: 0.7, 4: 0.5, 8: 0.4, 16: 0.1}   # 16 is never tried: at most twice the start
-    m = Clocked(1.0, cl_cost.__getitem__, scripted)
+def test_layout_probe_with_scripted_costs(scripted):
+    """The first four chunks time both layouts (warm-up + timed each, real work of the call: the
+    rows sum to exactly the call's rows); channels_last, faster, is kept and cached."""
+    m = Clocked(1.0, 0.5, scripted)
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     before = model_state(m)
     e1 = sk.explain(m, x, "smoothgrad", n_samples=100, seed=1, target=0)
-    assert [r for r, _ in m.seen] == [4, 4, 4, 4, 8, 8, 4, 8] + [8] * 7
-    #         contiguous, CL | 8 faster | 4 and 8 (within 1.5x) again, warm | the rest at 8
-    assert [c for _, c in m.seen] == [False, False] + [True] * 13
+    assert [r for r, _ in m.seen] == [4] * 25
+    assert [c for _, c in m.seen] == [False, False] + [True] * 23
     key = chunking.cache_key(x, speed.get_defaults())
-    assert chunking.cached_chunk(m, key) == 8 and chunking._LAYOUT[m][key] is True
+    assert chunking.cached_layout(m, key) is True and chunking.cached_chunk(m, key) is None
     assert_same_state(before, model_state(m))
     m.seen.clear()
-    e2 = sk.explain(m, x, "smoothgrad", n_samples=100, seed=1, target=0)   # from the cache
-    assert m.seen == [(8, True)] * 12 + [(4, True)]   # 100 rows
+    e2 = sk.explain(m, x, "smoothgrad", n_samples=100, seed=1, target=0)   # from the cache: no probe
+    assert m.seen == [(4, True)] * 25
     e3 = sk.explain(m, x, "smoothgrad", n_samples=100, seed=1, target=0)
     assert torch.equal(e2.attributions, e3.attributions)                     # same chunking: same bits
     ref = sk.explain(m, x, "smoothgrad", n_samples=100, seed=1, target=0, batch_size=3, channels_last=False)
     torch.testing.assert_close(e1.attributions, ref.attributions, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(e2.attributions, ref.attributions, rtol=1e-4, atol=1e-6)
-
-
-def test_online_calibration_halves_when_doubling_is_slower(scripted):
-    m = Clocked(1.0, {1: 0.35, 2: 0.3, 4: 0.5, 8: 0.6}.__getitem__, scripted)
-    x = torch.randn(1, 3, 16, 16)
-    sk.explain(m, x, "smoothgrad", n_samples=100, target=0)
-    # 8 is slower than 4: try 2 (faster), then 1 (slower); then 1 and 2 (within 1.5x of 2) again
-    assert [r for r, _ in m.seen][:12] == [4, 4, 4, 4, 8, 8, 2, 2, 1, 1, 1, 2]
-    assert chunking.cached_chunk(m, chunking.cache_key(x, speed.get_defaults())) == 2
-
-
-def test_a_cold_first_probe_is_corrected_by_the_warm_retiming(scripted):
-    """The start size looks slow while the process is cold; timed again, warm, it wins."""
-    calls = {4: 0}
-
-    def cl_cost(rows):
-        if rows == 4:
-            calls[4] += 1
-            return 1.0 if calls[4] <= 2 else 0.5   # the first CL chunks of 4 are cold
-        return {2: 0.8, 1: 1.5, 8: 3.0}[rows]
-
-    m = Clocked(3.0, cl_cost, scripted)
-    x = torch.randn(1, 3, 16, 16)
-    sk.explain(m, x, "smoothgrad", n_samples=100, target=0)
-    assert chunking.cached_chunk(m, chunking.cache_key(x, speed.get_defaults())) == 4
 
 
 @pytest.mark.parametrize("cl_cost,expected", [(0.5, True), (0.97, False), (2.0, False)])
@@ -102,7 +75,7 @@ def test_auto_layout_keeps_channels_last_only_when_clearly_faster(scripted, cl_c
     x = torch.randn(1, 3, 16, 16)
     sk.explain(m, x, "smoothgrad", n_samples=100, target=0)
     key = chunking.cache_key(x, speed.get_defaults())
-    assert chunking._LAYOUT[m][key] is expected
+    assert chunking.cached_layout(m, key) is expected
     assert all(cl is expected for _, cl in m.seen[4:])     # after the two layout probes
     assert [p.data_ptr() for p in m.parameters()] == ptrs and m.conv.weight.is_contiguous()
     m.seen.clear()
@@ -110,44 +83,44 @@ def test_auto_layout_keeps_channels_last_only_when_clearly_faster(scripted, cl_c
     assert not any(cl for _, cl in m.seen)
 
 
-def test_fixed_layout_calibrates_only_the_size(scripted):
+def test_a_fixed_layout_is_not_probed(scripted):
     m = Clocked(1.0, 0.5, scripted)
     x = torch.randn(1, 3, 16, 16)
     sk.explain(m, x, "smoothgrad", n_samples=100, target=0, channels_last=False)
-    assert not any(cl for _, cl in m.seen) and m.seen[:2] == [(4, False), (4, False)]
+    assert m.seen == [(4, False)] * 25
     m.seen.clear()
     sk.explain(m, x, "smoothgrad", n_samples=100, target=0, channels_last=True)
-    assert all(cl for _, cl in m.seen)
+    assert m.seen == [(4, True)] * 25
     assert len(chunking._LAYOUT.get(m, {})) == 0   # nothing to decide: no layout cached
 
 
-def test_calibration_with_real_timing_is_consistent_and_cached(tiny_cnn):
-    """Real clock: the calibration runs once, its sizes cover the call's rows exactly, and the
-    cached choice is what later calls use."""
+def test_layout_probe_with_real_timing_covers_the_rows_and_is_cached(tiny_cnn):
+    """Real clock: the probe runs once, at the fixed rule's size; later calls use the cached layout."""
     m = BatchRecorder(tiny_cnn)
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    start = chunking.calibration_start(x, 10 ** 6)
-    n = chunking.MIN_CALIBRATION_CHUNKS * start
+    rows = chunking.safe_rows(x, 10 ** 6)
+    n = chunking.MIN_CALIBRATION_CHUNKS * rows
     e1 = sk.explain(m, x, "smoothgrad", n_samples=n, seed=1)
-    assert sum(m.sizes) == n and m.sizes[:2] == [start, start]
+    assert m.sizes == [rows] * chunking.MIN_CALIBRATION_CHUNKS
     key = chunking.cache_key(x, speed.get_defaults())
-    chosen = chunking.cached_chunk(m, key)
-    assert chosen in set(m.sizes[:-1])
+    assert chunking.cached_layout(m, key) in (True, False)
     m.sizes.clear()
     e2 = sk.explain(m, x, "smoothgrad", n_samples=n, seed=1)
-    assert sum(m.sizes) == n and set(m.sizes[:-1]) == {chosen}
+    assert m.sizes == [rows] * chunking.MIN_CALIBRATION_CHUNKS
     ref = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=n, seed=1, batch_size=3, channels_last=False)
     torch.testing.assert_close(e1.attributions, ref.attributions, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(e2.attributions, ref.attributions, rtol=1e-4, atol=1e-6)
 
 
-def test_calibration_start_and_threshold():
-    x224 = torch.zeros(1, 3, 224, 224)
-    assert chunking.calibration_start(x224, 31) is None
-    assert chunking.calibration_start(x224, 32) == 4          # the fixed rule's 4 images, 8 chunks of them
-    assert chunking.calibration_start(torch.zeros(1, 3, 448, 448), 8) == 1
-    assert chunking.calibration_start(torch.zeros(1, 3, 16, 16), 511) is None   # 64-row chunks: 512 rows
-    assert chunking.calibration_start(torch.zeros(1, 3, 16, 16), 512) == 64
+def test_a_loop_probes_only_with_enough_chunks(tiny_cnn):
+    m = BatchRecorder(tiny_cnn)
+    x = torch.randn(1, 3, 16, 16)
+    rows = chunking.safe_rows(x, 10 ** 6)
+    key = chunking.cache_key(x, speed.get_defaults())
+    sk.explain(m, x, "smoothgrad", n_samples=chunking.MIN_CALIBRATION_CHUNKS * rows - 1)
+    assert chunking.cached_layout(m, key) is None            # one chunk short: no probe
+    sk.explain(m, x, "smoothgrad", n_samples=chunking.MIN_CALIBRATION_CHUNKS * rows)
+    assert chunking.cached_layout(m, key) is not None
 
 
 def test_small_calls_do_not_calibrate(tiny_cnn, monkeypatch):
@@ -166,7 +139,6 @@ def test_batch_size_override_is_respected(tiny_cnn, monkeypatch):
     m.sizes.clear()
     sk.explain(m, x, "integrated_gradients", n_steps=5, baseline="zeros", batch_size=3)
     assert m.sizes == [3, 3, 3, 1]
-
 
 
 def test_oom_halves_and_retries_with_the_same_result(tiny_cnn):
@@ -205,15 +177,14 @@ def test_cuda_rows_from_free_memory():
     assert chunking.cuda_rows_from_memory(10 ** 15, 1, 10 ** 6) == chunking.CUDA_MAX_ROWS
 
 
-def test_calibrating_call_with_path_steps_matches_fixed_chunks(scripted):
-    """Integrated gradients sum path steps across chunk boundaries; the calibrating call changes
-    the chunk size (and layout) mid-path and must still give the fixed-chunk result."""
-    costs = {1: 0.9, 2: 0.7, 4: 0.5, 8: 0.4}
-    m = Clocked(1.0, lambda rows: costs.get(rows, 0.6), scripted)   # the last chunk may be partial
+def test_probing_call_with_path_steps_matches_fixed_chunks(scripted):
+    """Integrated gradients sum path steps across chunk boundaries; the probing call changes the
+    memory layout mid-path and must still give the fixed-chunk result."""
+    m = Clocked(1.0, 0.5, scripted)
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
     e = sk.explain(m, x, "integrated_gradients", n_steps=37, baseline="zeros", target=[0, 2])
-    sizes = [r for r, _ in m.seen]
-    assert sum(sizes) == 74 and len(set(sizes)) > 1 and any(cl for _, cl in m.seen)
+    layouts = [cl for _, cl in m.seen]
+    assert sum(r for r, _ in m.seen) == 74 and layouts[:2] == [False, False] and all(layouts[2:])
     ref = sk.explain(m, x, "integrated_gradients", n_steps=37, baseline="zeros", target=[0, 2], batch_size=5,
                      channels_last=False)
     torch.testing.assert_close(e.attributions, ref.attributions, rtol=1e-4, atol=1e-6)

@@ -7,17 +7,17 @@ and may time it or shrink it:
 * :class:`Automatic`: a chosen size that halves and retries the same rows on out-of-memory (the
   halved size is cached for later calls). On CUDA it comes from the free memory and the measured
   memory of one row; on CPU from the fixed rule (about four 224x224 images) or the cache;
-* :class:`Calibrating`: online CPU calibration (:class:`Calibrator`): the call's own first chunks
-  are the timing probes, so nothing is computed twice. It runs when the call has at least 8
-  chunks of the start size, and caches the fastest size (and, with ``channels_last="auto"``, the
-  layout) per (model, per-row shape, dtype, device, precision, layout, compile).
+* :class:`Calibrating`: the online layout probe (:class:`Calibrator`, ``channels_last="auto"`` on
+  CPU): the loop's own first chunks are timed in both memory layouts, so nothing is computed
+  twice, and the faster layout is cached per (model, per-row shape, dtype, device, precision,
+  requested layout, compile). It runs when the loop has at least 8 chunks.
 
 :func:`for_gradients` picks the policy of a gradient loop (``engine.run``), :func:`for_inference`
-the policy of an inference-only scoring loop (the metrics: fixed size, layout probe only).
-Rows are folded in a fixed order, so the chunk size never changes which samples are drawn or the
-order of the sums; kernels may round differently for different batch sizes and layouts, so a call
-that calibrates agrees with later calls to float rounding and a fixed ``batch_size`` is the way to
-bit-exact maps across runs.
+the policy of an inference-only scoring loop (the metrics). Rows are folded in a fixed order, so
+the chunk size never changes which samples are drawn or the order of the sums; kernels may round
+differently for different batch sizes and layouts, so a call that probes the layouts agrees with
+later calls to float rounding, and a fixed ``batch_size`` (with a fixed ``channels_last``) is the
+way to bit-exact maps across runs.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 import weakref
 from dataclasses import replace
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -33,11 +33,9 @@ from torch import nn
 from .guard import as_output
 from .speed import CallState, Settings, active, autocast, clear_compiled, prepare_points, set_layout
 
-PROBE_ROOM = 4                 # a size s is probed only while >= PROBE_ROOM * s rows of the call remain
-MIN_CALIBRATION_CHUNKS = 8     # a call is calibrated only if it has >= 8 chunks of the start size
-MAX_PROBE_FACTOR = 2           # the calibration tries sizes up to twice the start size
+PROBE_ROOM = 4                 # a layout is probed only while >= PROBE_ROOM chunks of the loop remain
+MIN_CALIBRATION_CHUNKS = 8     # a loop probes the layouts only if it has >= 8 chunks
 LAYOUT_MARGIN = 0.95           # channels_last must be at least 5% faster per row to be chosen
-CONFIRM_FACTOR = 1.5           # sizes within this factor of the best per-row time are timed again
 CUDA_MEMORY_FRACTION = 0.8     # share of free memory a chunk may use
 CUDA_MAX_ROWS = 1024
 # rows per chunk on CPU when not calibrating: 4 images of 3x224x224 (docs/benchmarks.md)
@@ -99,18 +97,16 @@ class Automatic(ChunkPolicy):
 
 
 class Calibrating(Automatic):
-    """Online calibration: a :class:`Calibrator` sizes (and lays out) the chunks until it has decided."""
+    """A :class:`Calibrator` times the loop's first chunks in both memory layouts and keeps the faster."""
 
     timed = True
 
     def __init__(self, calibrator: "Calibrator", model: nn.Module, key: tuple):
-        super().__init__(calibrator.start, model, key)
+        super().__init__(calibrator.rows, model, key)
         self.calibrator = calibrator
 
     def next(self, rows_left: int) -> int:
-        n = self.calibrator.next(rows_left)
-        self.rows = self.calibrator.rows if self.calibrator.finished else n
-        return n
+        return self.calibrator.next(rows_left)
 
     def report(self, seconds: float) -> None:
         if not self.calibrator.finished:
@@ -120,8 +116,11 @@ class Calibrating(Automatic):
         return self.calibrator.timer()
 
     def shrink(self) -> bool:
-        self.calibrator.finish()   # stop calibrating; back off from the size that failed
-        return super().shrink()
+        self.calibrator.finish()   # stop probing; back off from the size that failed
+        if not super().shrink():
+            return False
+        self.calibrator.rows = self.rows
+        return True
 
     def finish(self) -> None:
         self.calibrator.finish()
@@ -153,8 +152,11 @@ def drive(policy: ChunkPolicy, total: int, step: Callable[[int, int], None]) -> 
 def for_gradients(x: torch.Tensor, total_rows: int, batch_size: Optional[int] = None) -> ChunkPolicy:
     """The policy of a gradient loop of ``total_rows`` rows shaped like ``x[0]`` (see the module doc).
 
-    Inside a call scope: on CPU a cached size, or a :class:`Calibrating` policy when the call is
-    large enough to amortise it; on CUDA the size from free memory; otherwise the fixed rule.
+    ``batch_size`` given: :class:`Fixed`. Otherwise, inside a call scope: a size cached for the
+    model (CUDA, or halved after an out-of-memory error), on CUDA the size from free memory, else
+    the fixed rule; with ``channels_last="auto"`` on CPU a cached layout, or a :class:`Calibrating`
+    policy whose first chunks probe both layouts when the loop has at least
+    ``MIN_CALIBRATION_CHUNKS`` chunks.
     """
     if batch_size is not None:
         return Fixed(batch_size)
@@ -163,24 +165,23 @@ def for_gradients(x: torch.Tensor, total_rows: int, batch_size: Optional[int] = 
     if st is None:
         return Automatic(safe_rows(x, total_rows))
     model, s = st.model, st.settings
-    undecided = s.channels_last == "auto"
     key = cache_key(x, replace(s, channels_last=st.requested))
+    undecided = s.channels_last == "auto"
+    known = cached_layout(model, key)
+    if undecided and known is not None:
+        set_layout(st, known)
     cached = cached_chunk(model, key)
     if cached is not None:
-        if undecided:
-            set_layout(st, _LAYOUT.get(model, {}).get(key, False))
         return Automatic(min(cached, total_rows), model, key)
     if x.device.type == "cuda":
         rows = _cuda_rows(model, x, st)
         store_chunk(model, key, rows)
         return Automatic(min(rows, total_rows), model, key)
-    if s.compile:  # timing candidate sizes would compile each of them
-        return Automatic(safe_rows(x, total_rows), model, key)
-    start = calibration_start(x, total_rows) if s.calibrate and x.device.type == "cpu" else None
-    if start is None:
-        return Automatic(safe_rows(x, total_rows), model, key)
-    layouts = (False, True) if undecided and _layout_matters(model, x) else None
-    return Calibrating(Calibrator(model, key, st, start, layouts), model, key)
+    rows = safe_rows(x, total_rows)
+    if (undecided and known is None and s.calibrate and not s.compile and x.device.type == "cpu"
+            and total_rows >= MIN_CALIBRATION_CHUNKS * rows and _layout_matters(model, x)):
+        return Calibrating(Calibrator(model, key, st, rows), model, key)
+    return Automatic(rows, model, key)
 
 
 def inference_rows(x: torch.Tensor, total: int, batch_size: Optional[int] = None) -> int:
@@ -211,7 +212,7 @@ def for_inference(model: nn.Module, row: torch.Tensor, total_rows: int, rows: in
     if row.device.type != "cpu" or total_rows < MIN_CALIBRATION_CHUNKS * rows or \
             not _layout_matters(model, row[None]):
         return Fixed(rows)
-    return Calibrating(Calibrator(model, key, st, rows, layouts=(False, True), sizes=False), model, key)
+    return Calibrating(Calibrator(model, key, st, rows), model, key)
 
 
 # ---- sizes and caches ----------------------------------------------------------------------------
@@ -288,151 +289,85 @@ def _cuda_rows(model: nn.Module, x: torch.Tensor, st: CallState) -> int:
     return cuda_rows_from_memory(free, per_row, CUDA_MAX_ROWS)
 
 
-def _pow2_floor(n: int) -> int:
-    p = 1
-    while p * 2 <= n:
-        p *= 2
-    return p
-
-
-def calibration_start(x: torch.Tensor, total_rows: int) -> Optional[int]:
-    """The first size the calibration times: the fixed rule's size rounded down to a power of two;
-    ``None`` when the call has fewer than ``MIN_CALIBRATION_CHUNKS`` chunks of it (too small to
-    decide anything that later, larger calls should inherit)."""
-    start = _pow2_floor(safe_rows(x, 1 << 30))
-    return start if total_rows >= MIN_CALIBRATION_CHUNKS * start else None
-
-
 def _layout_matters(model: nn.Module, x: torch.Tensor) -> bool:
     return x.dim() == 4 and any(p.dim() == 4 for p in model.parameters())
 
 
 class Calibrator:
-    """Online CPU calibration: the call's own chunks are the probes, so nothing is computed twice.
+    """Online layout probe (``channels_last="auto"`` on CPU): the loop's own chunks are the probes.
 
-    :func:`drive` asks :meth:`next` for each chunk's size (the calibrator also sets the layout)
-    and reports each chunk's wall time with :meth:`report`. A *probe* of size ``s`` is one
-    warm-up chunk and one timed chunk of ``s`` rows (real work of the call); it runs only while
-    at least ``PROBE_ROOM * s`` rows remain. The probes:
+    :func:`drive` asks :meth:`next` for each chunk's size (always ``rows``; the probe sets the
+    layout) and reports each chunk's wall time with :meth:`report`. The first four chunks are one
+    warm-up and one timed chunk in the contiguous layout, then the same in channels_last (real work
+    of the loop, so nothing is computed twice); channels_last is kept when it is at least 5 %
+    faster per row, and the decision is cached for the model and key. A loop with fewer than
+    ``PROBE_ROOM`` chunks left when a probe would start keeps the contiguous layout.
 
-    1. with ``layouts=(False, True)`` (``channels_last="auto"``, 4-D input, 4-D weights): the
-       start size in the contiguous layout, then in channels_last; channels_last is kept when it
-       is at least 5 % faster per row;
-    2. in the kept layout: twice the start size (no larger: a wrong choice is cached for the
-       process, and one timed chunk taken while another program loads the machine can make a
-       large size look best)
-       if it is faster per row; otherwise half the start, a quarter, ... while each is faster;
-    3. every size within ``CONFIRM_FACTOR`` of the best is timed once more (the first chunks of a
-       process run cold) and the fastest per row, over both timings, is kept.
-
-    Then the fastest size (and layout) is cached for the model and key; the rest of the call and
-    later calls run with it. If the call ends first, what was measured so far is cached.
+    The chunk size itself is not searched: on the benchmark machine the best size found by a
+    search was the fixed rule's (docs/benchmarks.md, "Speed mechanisms").
     """
 
     timer = staticmethod(time.perf_counter)  # :func:`drive` times chunks with this (tests script it)
 
-    def __init__(self, model: nn.Module, key: tuple, st: CallState, start: int, layouts=None,
-                 sizes: bool = True):
+    def __init__(self, model: nn.Module, key: tuple, st: CallState, rows: int):
         self.model_ref = weakref.ref(model)
-        self.key, self.st, self.start, self.sizes = key, st, int(start), sizes
-        self.layouts = tuple(layouts) if layouts else None
-        self.per_row: Dict[Tuple[bool, int], float] = {}   # (channels_last, size) -> seconds per row
-        self.rows, self.layout = int(start), st.channels_last
+        self.key, self.st, self.rows = key, st, int(rows)
+        self.per_row: Dict[bool, float] = {}   # channels_last -> seconds per row
+        self.layout = False
         self.finished = False
         self._left = 0
         self._time: Optional[float] = None
         self._gen = self._steps()
         self._begun = False
 
-    # -- the engine's side --
+    # -- the loop's side --
     def next(self, rows_left: int) -> int:
         """Size of the next chunk (at most ``rows_left``); switches the call's layout as needed."""
         if self.finished:
             return min(self.rows, rows_left)
         self._left = rows_left
         try:
-            if self._begun:
-                size, layout = self._gen.send(self._time)
-            else:
-                self._begun = True
-                size, layout = next(self._gen)
+            layout = self._gen.send(self._time) if self._begun else next(self._gen)
+            self._begun = True
         except StopIteration:
             self.finish()
             return min(self.rows, rows_left)
         self._time = None
         set_layout(self.st, layout)
-        return min(size, rows_left)
+        return min(self.rows, rows_left)
 
     def report(self, seconds: float) -> None:
         """Wall time of the chunk :meth:`next` just sized."""
         self._time = float(seconds)
 
     def finish(self) -> None:
-        """Cache the decision (also when the call ended before the probes did)."""
+        """Cache the decision (when both layouts were timed) and keep the chosen layout."""
         if self.finished:
             return
         self.finished = True
         self._gen.close()
         set_layout(self.st, self.layout)
         model = self.model_ref()
-        if model is not None:
-            if self.sizes:  # a layout-only probe (the metrics) keeps its caller's chunk size
-                store_chunk(model, self.key, self.rows)
-            if self.layouts is not None:
-                _LAYOUT.setdefault(model, {})[self.key] = bool(self.layout)
+        if model is not None and len(self.per_row) == 2:
+            _LAYOUT.setdefault(model, {})[self.key] = bool(self.layout)
 
     # -- the plan --
-    def _probe(self, layout: bool, size: int, warm_up: bool = True):
-        """(Warm-up +) timed chunk; returns the best seconds per row seen for (layout, size), or
-        ``None`` when fewer than ``PROBE_ROOM * size`` rows are left."""
-        if self._left < PROBE_ROOM * size:
+    def _probe(self, layout: bool):
+        """Warm-up + timed chunk in ``layout``; seconds per row, or ``None`` when too few rows are left."""
+        if self._left < PROBE_ROOM * self.rows:
             return None
-        if warm_up:
-            yield size, layout             # a new shape or layout: allocations, kernel choice
-        t = yield size, layout
+        yield layout                      # a new layout: allocations, kernel choice
+        t = yield layout
         if t is None:
             return None
-        key = (layout, size)
-        self.per_row[key] = min(self.per_row.get(key, float("inf")), t / size)
-        return self.per_row[key]
+        self.per_row[layout] = t / self.rows
+        return self.per_row[layout]
 
     def _steps(self):
-        s0 = self.start
-        layout = self.st.channels_last
-        if self.layouts is not None:
-            t = {}
-            for cand in self.layouts:
-                t[cand] = yield from self._probe(cand, s0)
-                if t[cand] is None:
-                    return  # too few rows: keep the contiguous layout and the start size
-            layout = t[True] < LAYOUT_MARGIN * t[False]
-            best_t = t[layout]
-        else:
-            best_t = yield from self._probe(layout, s0)
-            if best_t is None:
-                return
-        self.rows, self.layout = s0, layout
-        if not self.sizes:
-            return
-        for grow in (True, False):
-            size, improved = (s0 * 2 if grow else s0 // 2), False
-            while 1 <= size <= MAX_PROBE_FACTOR * s0:
-                t = yield from self._probe(layout, size)
-                if t is None or t >= best_t:
-                    break
-                self.rows, best_t, improved = size, t, True
-                size = size * 2 if grow else size // 2
-            if improved:
-                break
-        # the first chunks of a process run colder (fresh memory) than later ones: time every
-        # size within CONFIRM_FACTOR of the best once more, now warm, and keep each one's best
-        close = sorted(sz for (lay, sz), v in self.per_row.items()
-                       if lay == layout and v <= CONFIRM_FACTOR * best_t)
-        if len(close) > 1:
-            for size in close:
-                if (yield from self._probe(layout, size, warm_up=False)) is None:
-                    break
-            self.rows = min(close, key=lambda sz: self.per_row[(layout, sz)])
+        for layout in (False, True):
+            if (yield from self._probe(layout)) is None:
+                return                    # too few rows: keep the contiguous layout
+        self.layout = self.per_row[True] < LAYOUT_MARGIN * self.per_row[False]
 
 
 def clear_cache() -> None:
@@ -447,5 +382,5 @@ def cached_layout(model: nn.Module, key: tuple) -> Optional[bool]:
 
 
 __all__ = ["ChunkPolicy", "Fixed", "Automatic", "Calibrating", "Calibrator", "drive", "for_gradients", "for_inference",
-           "inference_rows", "safe_rows", "cuda_rows_from_memory", "calibration_start", "cache_key", "cached_chunk",
+           "inference_rows", "safe_rows", "cuda_rows_from_memory", "cache_key", "cached_chunk",
            "cached_layout", "clear_cache"]

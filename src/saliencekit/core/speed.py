@@ -5,8 +5,8 @@
   are float32; fp16 uses a static loss scale (256, redone unscaled on overflow).
 * **channels_last**: points are fed in channels_last memory format and 4-D weights are viewed in
   channels_last for the call only (the model's own tensors are put back afterwards). ``"auto"``
-  (the default) leaves the choice to the chunk policy (``core.chunking``): a calibrated CPU call
-  times both layouts and keeps channels_last when it is at least 5 % faster per row. The layouts
+  (the default) leaves the choice to the chunk policy (``core.chunking``): a large CPU call
+  times both layouts on its first chunks and keeps channels_last when it is at least 5 % faster per row. The layouts
   differ only in float rounding.
 * **compile**: the forward is ``torch.compile``-d once per model and setting (cached); the engine
   pads chunks to a fixed size so no shape change recompiles. If the compiler fails the call falls
@@ -87,8 +87,8 @@ def set_defaults(precision=None, channels_last=None, compile=None, calibrate=Non
     """Set process-wide defaults for ``explain``; returns the previous defaults.
 
     ``precision``: ``"fp32" | "bf16" | "fp16"``; ``channels_last``: bool or ``"auto"``; ``compile``: bool;
-    ``calibrate``: whether automatic chunking may time candidate sizes on CPU (``False``: the
-    fixed rule, deterministic); ``compile_backend``: the ``torch.compile`` backend (default
+    ``calibrate``: whether ``channels_last="auto"`` may time both memory layouts on a CPU call's
+    first chunks (``False``: contiguous, deterministic); ``compile_backend``: the ``torch.compile`` backend (default
     ``"inductor"``; ``"aot_eager"`` traces without generating code); ``retain_memory``: whether
     glibc keeps freed memory for reuse while a CPU call runs (see :func:`retained_memory`).
     Arguments left at ``None``
@@ -138,7 +138,7 @@ class CallState:
     settings: Settings
     swapped: list = field(default_factory=list)   # (parameter, original data) while channels_last
     requested: Any = None                         # the layout asked for (True | False | "auto"); the
-    # settings' channels_last stays "auto" until calibration (or its cache) decides the layout
+    # settings' channels_last stays "auto" until the layout probe (or its cache) decides the layout
 
     def __post_init__(self):
         if self.requested is None:
@@ -146,7 +146,7 @@ class CallState:
 
     @property
     def channels_last(self) -> bool:
-        """The layout in effect now (``"auto"`` is contiguous until calibration picks channels_last)."""
+        """The layout in effect now (``"auto"`` is contiguous until the layout probe picks channels_last)."""
         return self.settings.channels_last is True
 
 

@@ -137,9 +137,8 @@ def evaluate_images(model, images: Sequence[tuple[str, torch.Tensor]], methods: 
     for k in mopts:
         if k not in metric_registry.METRICS:
             raise ValueError(f"metric_options: unknown metric {k!r}")
-    # results must be reproducible byte for byte across processes: the automatic chunk size may
-    # come from a timing calibration (which can differ run to run, and float32 convolutions round
-    # differently per chunk size), so evaluation pins the deterministic fixed rule
+    # results must be reproducible byte for byte across processes: a timed layout probe can decide
+    # differently run to run (and the layouts round differently), so evaluation turns it off
     previous = set_defaults(channels_last=channels_last, calibrate=False)
     try:
         return _evaluate_blocks(model, images, methods, metrics, seed, labels, target, method_options, mopts,
