@@ -8,9 +8,15 @@ Run it alternately with two checkouts to compare versions on the same machine:
 SmoothGrad-50 and IG-50 on EfficientNet-Lite0 and the 2 bundled photos, 4 calls each (the first
 includes the layout probe).
 """
-import sys, time, json, torch
+
+import json
+import time
+
+import torch
+
 import saliencekit as sk
 from saliencekit import data
+
 model = sk.load_model("efficientnet-lite0")
 spec = sk.get_preprocessing(model)
 x = data.load_images([a for _, a in data.sample_images()], preprocessing=spec)
