@@ -145,3 +145,24 @@ class BatchRecorder(nn.Module):
 def abs_heat(a: torch.Tensor) -> torch.Tensor:
     """|attribution| summed over channels, flattened (for rank correlations)."""
     return a.abs().sum(1).flatten()
+
+
+def write_photos(folder, n: int, seed: int, prefix: str = "img", hw=(36, 40)):
+    """``n`` random RGB PNG files ``{prefix}{k}.png`` in ``folder`` (created); returns the folder."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)).save(folder / f"{prefix}{k}.png")
+    return folder
+
+
+def tiny_cnn_32():
+    """The seeded TinyCNN with its own preprocessing (32x32 input, no ImageNet statistics)."""
+    from saliencekit.models import Preprocessing
+
+    m = _init(TinyCNN(), 0)
+    m.saliencekit_preprocessing = Preprocessing(size=32, resize=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    return m

@@ -515,9 +515,7 @@ def _unflattened(ep) -> nn.Module:
         if src is not None:
             new.load_state_dict(src.state_dict())
             new.train(src.training)
-            for k in SALIENCEKIT_ATTRIBUTES:
-                if hasattr(src, k):
-                    setattr(new, k, getattr(src, k))
+            _copy_attributes(src, new)
         return new
 
     net.__deepcopy__ = deepcopy
@@ -525,6 +523,13 @@ def _unflattened(ep) -> nn.Module:
 
 
 SALIENCEKIT_ATTRIBUTES = ("saliencekit_preprocessing", "saliencekit_name", "saliencekit_layer_types")
+
+
+def _copy_attributes(src: nn.Module, new: nn.Module) -> None:
+    """The attributes saliencekit attaches to a loaded model, carried over to its copy."""
+    for k in SALIENCEKIT_ATTRIBUTES:
+        if hasattr(src, k):
+            setattr(new, k, getattr(src, k))
 
 
 def _copyable_script(net: nn.Module) -> nn.Module:
@@ -539,9 +544,7 @@ def _copyable_script(net: nn.Module) -> nn.Module:
         torch.jit.save(src, buf)
         buf.seek(0)
         new = _copyable_script(torch.jit.load(buf, map_location=next(src.parameters(), torch.zeros(0)).device))
-        for k in SALIENCEKIT_ATTRIBUTES:
-            if hasattr(src, k):
-                setattr(new, k, getattr(src, k))
+        _copy_attributes(src, new)
         return new
 
     net.__deepcopy__ = deepcopy

@@ -8,11 +8,11 @@ import io
 import json
 
 import click
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
+
+from conftest import write_photos
 
 from saliencekit.cli import main, progress
 from saliencekit.cli.explain import default_methods
@@ -44,12 +44,7 @@ def no_model(monkeypatch):
 
 @pytest.fixture
 def photos(tmp_path):
-    d = tmp_path / "photos"
-    d.mkdir()
-    rng = np.random.default_rng(1)
-    for k in range(2):
-        Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)).save(d / f"p{k}.png")
-    return d
+    return write_photos(tmp_path / "photos", 2, seed=1, prefix="p")
 
 
 @pytest.fixture

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TinyCNN, _init
-from PIL import Image
+from conftest import TinyCNN, _init, write_photos
 
 import saliencekit as sk
 from saliencekit.cli import main
@@ -70,11 +69,7 @@ def files(tmp_path_factory):
     torch.save(net, d / "whole.pt")
     (d / "mymodels.py").write_text(FACTORY)
     (d / "labels.txt").write_text("\n".join(LABELS) + "\n\n")
-    photos = d / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(0)
-    for k in range(2):
-        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(photos / f"p{k}.png")
+    write_photos(d / "photos", 2, seed=0, prefix="p", hw=(20, 24))
     return out
 
 

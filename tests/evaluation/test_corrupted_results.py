@@ -12,11 +12,9 @@ import math
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import TinyCNN, _init
-from PIL import Image
+from conftest import tiny_cnn_32, write_photos
 
 from saliencekit.cli import main
 from saliencekit.evaluation import report
@@ -31,19 +29,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _model():
-    m = _init(TinyCNN(), 0)
-    m.saliencekit_preprocessing = SPEC
-    return m
+    return tiny_cnn_32()
 
 
 @pytest.fixture
 def folder(tmp_path):
-    d = tmp_path / "imgs"
-    d.mkdir()
-    rng = np.random.default_rng(1)
-    for k in range(4):
-        Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)).save(d / f"img{k}.png")
-    return d
+    return write_photos(tmp_path / "imgs", 4, seed=1, prefix="img")
 
 
 @pytest.fixture

@@ -4,12 +4,10 @@ skipping, invariance."""
 import csv
 import json
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TinyCNN, _init
-from PIL import Image
+from conftest import tiny_cnn_32, write_photos
 
 from saliencekit.cli import main
 from saliencekit.core.speed import get_defaults
@@ -25,18 +23,12 @@ OPTS = ["-o", "smoothgrad.n_samples=2", "-M", "deletion.step=128", "-M", "insert
 
 
 def _model():
-    m = _init(TinyCNN(), 0)
-    m.saliencekit_preprocessing = SPEC
-    return m
+    return tiny_cnn_32()
 
 
 @pytest.fixture
 def folder(tmp_path):
-    d = tmp_path / "imgs"
-    d.mkdir()
-    rng = np.random.default_rng(0)
-    for k in range(3):
-        Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)).save(d / f"img{k}.png")
+    d = write_photos(tmp_path / "imgs", 3, seed=0, prefix="img")
     (d / "broken.png").write_bytes(b"not an image at all")
     (d / "labels.json").write_text(json.dumps([{"file": f"img{k}.png", "class_index": k} for k in range(3)]))
     return d
