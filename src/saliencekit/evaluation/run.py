@@ -76,14 +76,15 @@ def _fit(m: torch.Tensor, hw) -> torch.Tensor:
     return m.float()
 
 
-def _maps(model, x, name, classes, ids, seed, method_options, batch_size):
-    """(metric map B x H x W, TV map B x H x W, extras per image) for one method on one batch."""
+def _maps(model, x, resolved, classes, ids, seed, batch_size):
+    """(metric map B x H x W, TV map B x H x W, extras per image) for one method on one batch;
+    ``resolved`` is the evaluation name's ``variants.resolve`` tuple."""
     hw = x.shape[-2:]
-    if name == variants.RANDOM:
+    base, opts, hm, _ = resolved
+    if base == variants.RANDOM:
         m = torch.stack([noise.uniform(tuple(hw), seed, i, 0, stream=noise.STREAM_METRIC + 1000, device=x.device)
                          for i in ids])
         return m, m, [{} for _ in ids]
-    base, opts, hm, _ = variants.resolve(name, method_options)
     e = explain(model, x, base, target=classes, seed=seed, image_ids=ids, batch_size=batch_size,
                 keep_inputs=False, **opts)
     if hm:
@@ -171,7 +172,8 @@ def _evaluate_blocks(model, images, methods, metrics, seed, labels, target, meth
         classes = _classes(model, x, names, labels, target)
         for name in methods:
             res = EvalResult()
-            variant_metric_options = variants.resolve(name)[3]
+            resolved = variants.resolve(name, method_options)   # once per method, not per image
+            variant_metric_options = resolved[3]
             # one image at a time: every forward chunk holds rows of a single image, so the values
             # (to the last bit) do not depend on which images share the block
             for k, image in enumerate(names):
@@ -180,7 +182,7 @@ def _evaluate_blocks(model, images, methods, metrics, seed, labels, target, meth
                 xs, x01s, cls = x[k:k + 1], x01[k:k + 1], classes[k:k + 1]
                 ids = [image_id(image)]
                 t0 = time.perf_counter()
-                heat, tv, extras = _maps(model, xs, name, cls, ids, seed, method_options, batch_size)
+                heat, tv, extras = _maps(model, xs, resolved, cls, ids, seed, batch_size)
                 res.timings.append({"image": image, "method": name, "stage": "explain",
                                     "seconds": time.perf_counter() - t0})
                 for key, v in extras[0].items():
