@@ -5,6 +5,7 @@ the served maps and tensors with ``saliencekit.explain``."""
 from __future__ import annotations
 
 import builtins
+import contextlib
 import http.client
 import io
 import json
@@ -514,12 +515,23 @@ def test_metrics_curves_match_the_metric_functions(server):
         np.testing.assert_allclose(m[name]["curve"], ref.curves[0].numpy(), atol=1e-5)
 
 
+@contextlib.contextmanager
+def worker_held(model):
+    """Inside the block the model blocks in its first graph-building forward, so the run that
+    reaches it holds the worker; leaving the block releases it."""
+    model.gate, model.entered = threading.Event(), threading.Event()
+    try:
+        yield
+    finally:
+        model.gate.set()
+        model.gate = None
+
+
 def test_second_request_is_queued_not_lost_and_a_full_queue_says_so(server):
     url, _app, model = server
     _, r, _ = call(url, "/api/image?sample=stripes", b"", method="POST")
     body = {"image_id": r["image_id"], "methods": [{"name": "gradient"}]}
-    model.gate, model.entered = threading.Event(), threading.Event()
-    try:
+    with worker_held(model):
         _, a, _ = explain_json(url, body)
         assert model.entered.wait(30)
         sa = call(url, f"/api/jobs/{a['job']}")[1]
@@ -531,9 +543,6 @@ def test_second_request_is_queued_not_lost_and_a_full_queue_says_so(server):
         assert call(url, f"/api/jobs/{c['job']}")[1]["ahead"] == 2
         status, d, _ = explain_json(url, body)        # max_pending=2: the third waiting run is refused
         assert status == 429 and "busy" in d["error"]
-    finally:
-        model.gate.set()
-    model.gate = None
     ra, rb, rc = (wait_job(url, j["job"]) for j in (a, b, c))
     assert ra["state"] == rb["state"] == rc["state"] == "done"
     assert rb["result"]["target"] == 3 and rc["result"]["target"] == 4
@@ -642,16 +651,12 @@ def test_a_running_job_is_cancelled_at_its_next_progress_report(server):
     body = {"image_id": r["image_id"], "target": 1, "methods": [{"name": "smoothgrad", "options": {"n_samples": 400}},
                                                                 {"name": "gradient"}]}
     before = model_state(model)
-    model.gate, model.entered = threading.Event(), threading.Event()
-    try:
+    with worker_held(model):
         _, j, _ = explain_json(url, body)
         assert model.entered.wait(30)
         status, st, _ = call(url, f"/api/jobs/{j['job']}/cancel", b"")
         assert status == 200 and st["state"] == "running" and st["stage"] == "cancelling"
         model.rows_seen = 0
-    finally:
-        model.gate.set()
-    model.gate = None
     st = wait_job(url, j["job"])
     assert st["state"] == "cancelled" and "result" not in st, st
     assert model.rows_seen < 400          # stopped after the chunk in flight, not after 400 rows
@@ -668,8 +673,7 @@ def test_a_queued_job_is_cancelled_before_it_runs(server):
     url, _app, model = server
     _, r, _ = call(url, "/api/image?sample=stripes", b"", method="POST")
     body = {"image_id": r["image_id"], "methods": [{"name": "gradient"}]}
-    model.gate, model.entered = threading.Event(), threading.Event()
-    try:
+    with worker_held(model):
         _, a, _ = explain_json(url, body)
         assert model.entered.wait(30)
         _, b, _ = explain_json(url, dict(body, target=3))
@@ -677,9 +681,6 @@ def test_a_queued_job_is_cancelled_before_it_runs(server):
         status, sb, _ = call(url, f"/api/jobs/{b['job']}/cancel", b"")
         assert status == 200 and sb["state"] == "cancelled"
         assert call(url, f"/api/jobs/{c['job']}")[1]["ahead"] == 1   # b left the queue
-    finally:
-        model.gate.set()
-    model.gate = None
     assert wait_job(url, a["job"])["state"] == "done" and wait_job(url, c["job"])["state"] == "done"
     assert call(url, f"/api/jobs/{b['job']}")[1]["state"] == "cancelled"
 

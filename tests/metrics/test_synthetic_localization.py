@@ -4,9 +4,8 @@ import pytest
 import torch
 
 import saliencekit as sk
-from saliencekit.synthetic import synthetic_shapes
 from saliencekit.metrics import energy_pointing_game, pointing_game, relevance_mass
-from saliencekit.synthetic import SPEC, synthetic_model
+from saliencekit.synthetic import SPEC, synthetic_model, synthetic_shapes
 
 
 def test_dataset_is_seeded_and_prefix_stable():
