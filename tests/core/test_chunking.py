@@ -214,3 +214,23 @@ def test_metrics_probe_the_layout_on_their_own_first_chunks(scripted, monkeypatc
     assert not any(c for _, c in m.seen)
     torch.testing.assert_close(d, d3, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(d2, d3, rtol=1e-5, atol=1e-6)
+
+
+def test_an_out_of_memory_error_in_a_probing_metric_loop_is_raised_not_shrunk(scripted):
+    """The metrics' scoring loops keep their caller's chunk size: a layout probe does not make them
+    halve on out-of-memory (nor cache a size), it stops and the error reaches the caller."""
+    from saliencekit import metrics
+
+    class OomOnThirdForward(Clocked):
+        def forward(self, x):
+            if len(self.seen) == 2:
+                raise torch.cuda.OutOfMemoryError("simulated")
+            return super().forward(x)
+
+    m = OomOnThirdForward(1.0, 0.5, scripted, count_inference=True)
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    sal = torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(3))
+    with pytest.raises(torch.OutOfMemoryError):
+        metrics.deletion(m, x, sal, target=[1], step=8)       # 33 rows: the loop probes the layouts
+    assert [r for r, _ in m.seen] == [4, 4] and not chunking._CHUNKS.get(m)
+    assert m.conv.weight.is_contiguous()

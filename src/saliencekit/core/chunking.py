@@ -101,9 +101,10 @@ class Calibrating(Automatic):
 
     timed = True
 
-    def __init__(self, calibrator: "Calibrator", model: nn.Module, key: tuple):
+    def __init__(self, calibrator: "Calibrator", model: nn.Module, key: tuple, shrinkable: bool = True):
         super().__init__(calibrator.rows, model, key)
         self.calibrator = calibrator
+        self.shrinkable = shrinkable   # False: the caller's size is fixed (the metrics' scoring loops)
 
     def next(self, rows_left: int) -> int:
         return self.calibrator.next(rows_left)
@@ -117,7 +118,7 @@ class Calibrating(Automatic):
 
     def shrink(self) -> bool:
         self.calibrator.finish()   # stop probing; back off from the size that failed
-        if not super().shrink():
+        if not self.shrinkable or not super().shrink():
             return False
         self.calibrator.rows = self.rows
         return True
@@ -212,7 +213,7 @@ def for_inference(model: nn.Module, row: torch.Tensor, total_rows: int, rows: in
     if row.device.type != "cpu" or total_rows < MIN_CALIBRATION_CHUNKS * rows or \
             not _layout_matters(model, row[None]):
         return Fixed(rows)
-    return Calibrating(Calibrator(model, key, st, rows), model, key)
+    return Calibrating(Calibrator(model, key, st, rows), model, key, shrinkable=False)
 
 
 # ---- sizes and caches ----------------------------------------------------------------------------
