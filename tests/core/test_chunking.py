@@ -157,10 +157,20 @@ def test_oom_halves_and_retries_with_the_same_result(tiny_cnn):
     assert m.sizes == [2] * 10
 
 
-def test_oom_with_explicit_batch_size_is_raised(tiny_cnn):
+def test_oom_with_explicit_batch_size_halves_for_the_call_with_a_warning(tiny_cnn):
     m = BatchRecorder(tiny_cnn, oom_above=4)
-    with pytest.raises(torch.OutOfMemoryError):
-        sk.explain(m, torch.randn(2, 3, 16, 16), "smoothgrad", n_samples=10, batch_size=8)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    with pytest.warns(ResourceWarning, match=r"batch_size=8 ran out of memory.* 4 rows"):
+        e = sk.explain(m, x, "smoothgrad", n_samples=10, seed=3, batch_size=8)
+    assert m.sizes == [8] + [4] * 5      # 20 rows: 8 runs out of memory, then five chunks of 4
+    ref = sk.explain(tiny_cnn, x, "smoothgrad", n_samples=10, seed=3, batch_size=4)
+    assert torch.equal(e.attributions, ref.attributions)
+    # an explicit size is the user's: the halved size is not cached for later calls
+    assert chunking.cached_chunk(m, chunking.cache_key(x, speed.get_defaults())) is None
+    m.sizes.clear()
+    with pytest.warns(ResourceWarning):
+        sk.explain(m, x, "smoothgrad", n_samples=10, seed=3, batch_size=8)
+    assert m.sizes[0] == 8
 
 
 def test_oom_at_one_row_is_raised(tiny_cnn):
@@ -234,3 +244,15 @@ def test_an_out_of_memory_error_in_a_probing_metric_loop_is_raised_not_shrunk(sc
         metrics.deletion(m, x, sal, target=[1], step=8)       # 33 rows: the loop probes the layouts
     assert [r for r, _ in m.seen] == [4, 4] and not chunking._CHUNKS.get(m)
     assert m.conv.weight.is_contiguous()
+
+
+def test_noise_drawn_on_a_given_device_is_the_same_numbers():
+    from saliencekit.core import noise
+
+    a = noise.normal((3, 4), 7, 1, 2, device="cpu")
+    with noise.drawn_on("cpu"):
+        b = noise.normal((3, 4), 7, 1, 2, device="meta")   # drawn on the CPU, then moved
+    assert b.device.type == "meta" and noise._DRAW_ON is None
+    with noise.drawn_on("cpu"):
+        c = noise.normal((3, 4), 7, 1, 2, device="cpu")
+    assert torch.equal(a, c)

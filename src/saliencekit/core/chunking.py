@@ -3,7 +3,10 @@
 A loop hands its rows to :func:`drive` with a :class:`ChunkPolicy`; the policy sizes every chunk
 and may time it or shrink it:
 
-* :class:`Fixed`: an explicit ``batch_size``, never changed (bit-exact reproducibility);
+* :class:`Fixed`: a size never changed (the metrics' inference loops: an out-of-memory error is raised);
+* :class:`Requested`: a gradient loop's explicit ``batch_size``: kept (bit-exact reproducibility)
+  unless it runs out of memory; then it is halved for this call, with a warning naming the new
+  size (the same rows are retried, so the map is the same up to float rounding), and not cached;
 * :class:`Automatic`: a chosen size that halves and retries the same rows on out-of-memory (the
   halved size is cached for later calls). On CUDA it comes from the free memory and the measured
   memory of one row; on CPU from the fixed rule (about four 224x224 images) or the cache;
@@ -23,6 +26,7 @@ way to bit-exact maps across runs.
 from __future__ import annotations
 
 import time
+import warnings
 import weakref
 from dataclasses import replace
 from typing import Callable, Dict, Optional
@@ -73,7 +77,26 @@ class ChunkPolicy:
 
 
 class Fixed(ChunkPolicy):
-    """A size the user chose: never changed."""
+    """A size never changed."""
+
+
+class Requested(ChunkPolicy):
+    """A gradient loop's explicit ``batch_size``: halved on out-of-memory (with a warning), never cached."""
+
+    def __init__(self, rows: int):
+        super().__init__(rows)
+        self.asked = self.rows
+
+    def shrink(self) -> bool:
+        if self.rows <= 1:
+            return False
+        self.rows //= 2
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        warnings.warn(f"batch_size={self.asked} ran out of memory: this call continues with {self.rows} rows per "
+                      f"chunk (the same rows and noise; the map agrees to float rounding)", ResourceWarning,
+                      stacklevel=2)
+        return True
 
 
 class Automatic(ChunkPolicy):
@@ -153,14 +176,14 @@ def drive(policy: ChunkPolicy, total: int, step: Callable[[int, int], None]) -> 
 def for_gradients(x: torch.Tensor, total_rows: int, batch_size: Optional[int] = None) -> ChunkPolicy:
     """The policy of a gradient loop of ``total_rows`` rows shaped like ``x[0]`` (see the module doc).
 
-    ``batch_size`` given: :class:`Fixed`. Otherwise, inside a call scope: a size cached for the
+    ``batch_size`` given: :class:`Requested`. Otherwise, inside a call scope: a size cached for the
     model (CUDA, or halved after an out-of-memory error), on CUDA the size from free memory, else
     the fixed rule; with ``channels_last="auto"`` on CPU a cached layout, or a :class:`Calibrating`
     policy whose first chunks probe both layouts when the loop has at least
     ``MIN_CALIBRATION_CHUNKS`` chunks.
     """
     if batch_size is not None:
-        return Fixed(batch_size)
+        return Requested(batch_size)
     total_rows = max(1, int(total_rows))
     st = active()
     if st is None:
@@ -382,6 +405,6 @@ def cached_layout(model: nn.Module, key: tuple) -> Optional[bool]:
     return _LAYOUT.get(model, {}).get(key)
 
 
-__all__ = ["ChunkPolicy", "Fixed", "Automatic", "Calibrating", "Calibrator", "drive", "for_gradients", "for_inference",
+__all__ = ["ChunkPolicy", "Fixed", "Requested", "Automatic", "Calibrating", "Calibrator", "drive", "for_gradients", "for_inference",
            "inference_rows", "safe_rows", "cuda_rows_from_memory", "cache_key", "cached_chunk",
            "cached_layout", "clear_cache"]

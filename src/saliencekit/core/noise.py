@@ -4,9 +4,18 @@ Every random draw is a pure function of ``(seed, image index, sample index, stre
 generator for one (image, sample) pair is seeded from a 64-bit mix of those integers, so the
 noise an image receives does not depend on the chunk size, on which other images share the
 batch, or on the order in which chunks are evaluated.
+
+Noise is drawn on the device it is used on: CUDA's generator (Philox) gives other numbers than
+the CPU's (Mersenne Twister) for the same seed, so a seeded stochastic map is reproducible on
+each device type but differs between CPU and CUDA by Monte-Carlo noise. Inside
+:func:`drawn_on` ``("cpu")`` every draw is made on the CPU and moved: CUDA maps then equal the
+CPU maps to float rounding (slower: the noise crosses the bus).
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional
 
 import torch
 
@@ -28,8 +37,22 @@ def mix_seed(seed: int, *keys: int) -> int:
     return h & ((1 << 63) - 1)
 
 
+_DRAW_ON: Optional[torch.device] = None
+
+
+@contextlib.contextmanager
+def drawn_on(device: torch.device | str) -> Iterator[None]:
+    """Draw all noise on ``device`` (e.g. ``"cpu"``) inside the block, moving it to where it is used."""
+    global _DRAW_ON
+    before, _DRAW_ON = _DRAW_ON, torch.device(device)
+    try:
+        yield
+    finally:
+        _DRAW_ON = before
+
+
 def generator(seed: int, *keys: int, device: torch.device | str = "cpu") -> torch.Generator:
-    dev = torch.device(device)
+    dev = _DRAW_ON if _DRAW_ON is not None else torch.device(device)
     g = torch.Generator(device=dev if dev.type != "mps" else "cpu")
     g.manual_seed(mix_seed(seed, *keys))
     return g
