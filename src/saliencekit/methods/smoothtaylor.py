@@ -46,6 +46,13 @@ def smoothtaylor(ctx: Context, n_samples, noise_scale, noise_percent, objective,
 
     ``noise_scale`` is the absolute sigma in model space (0.5); ``noise_percent`` p gives
     sigma = p/100 * (max(x) - min(x)) per image instead. Heatmap: signed sum over channels.
+    ``noise_scale="adaptive"``: the authors' per-image search for sigma minimising ``objective``
+    (``"aupc"``, ``"autvc"`` or a callable ``A(attributions, sigma)``); ``adaptive_options`` (a
+    dict, defaults ``methods.adaptive.ADAPTIVE_DEFAULTS``): ``lr`` 0.1, ``decay`` 0.9, ``patience``
+    3 (failures tolerated; the 4th in a row stops), ``max_iter`` 20, ``sigma0`` (mean|x|),
+    ``noise`` ``"common"`` (the same noise at every sigma) or ``"fresh"`` (new noise per evaluation,
+    as the authors' code), and the objective's ``window`` / ``regions`` / ``draws`` (AUPC) or
+    ``downscale`` / ``min_size`` (AUTVC). Extras: ``sigma``, ``objective_value``, ``objective_trace``.
     """
     positive_int("n_samples", n_samples)
     if isinstance(noise_scale, str):
