@@ -326,7 +326,7 @@ PAGE_OPTIONS = {
     "gradcam": {"layer": None},
     "gradcampp": {"layer": None},
     "smoothgradcampp": {"layer": None, "n_samples": (1, 500), "noise_level": (0.0, 1.0)},
-    "igos": {"mask_size": (7, 224), "iterations": (1, 100)},
+    "igos": {"mask_size": (7, 224), "iterations": (1, 100), "preset": ["saliencekit", "aaai", "igos_pp"]},
 }
 
 

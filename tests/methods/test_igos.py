@@ -9,11 +9,11 @@ from torch import nn
 
 import saliencekit as sk
 from saliencekit.core import noise
+from saliencekit.core.imageops import gaussian_blur
+from saliencekit.core.targets import ClassScore
 from saliencekit.methods.base import Context
 from saliencekit.methods.igos import IGOS, blurred_baseline
-from saliencekit.core.imageops import gaussian_blur
 from saliencekit.models import IDENTITY
-from saliencekit.core.targets import ClassScore
 
 # Options for the toy below: its evidence is a small sharp patch, so the default l1 / tv (tuned for
 # 224-pixel photos at mask 28) would outweigh the gain of deleting it; its Laplacian responds to
@@ -178,3 +178,43 @@ def test_bad_option_types_refused(tiny_cnn, images):
         sk.explain(tiny_cnn, images[:1], "igos", mask_size="28")
     with pytest.raises(TypeError, match="iterations"):
         sk.explain(tiny_cnn, images[:1], "igos", mask_size=8, iterations=2.5)
+
+
+# Values computed with the code before the presets were added (issue #15), on the toy above with
+# seed 1: the default schedule (preset "saliencekit") must give the same masks, objectives and steps.
+PINNED = {
+    "path": {"masksum": [44.79258728027344, 46.15566635131836, 44.498775482177734],
+             "m34": [0.3138224482536316, 0.2715572118759155, 0.08497267961502075],
+             "obj_last": [0.3054742217063904, 0.31910496950149536, 0.27739328145980835],
+             "step": [[200.0, 8.0, 8.0, 8.0], [200.0, 1.6, 8.0, 8.0], [200.0, 8.0, 8.0, 1.6]]},
+    "plain": {"masksum": [45.79102325439453, 46.15566635131836, 44.498775482177734],
+              "m34": [0.08614671230316162, 0.2715572118759155, 0.08497267961502075],
+              "obj_last": [0.3076799511909485, 0.31910496950149536, 0.27739328145980835],
+              "step": [[200.0, 1.6, 8.0, 8.0], [200.0, 1.6, 8.0, 8.0], [200.0, 8.0, 8.0, 1.6]]},
+    # the default noise (0.2) and line search ("path"), not given
+    "default": {"masksum": [63.99999237060547, 63.99994659423828, 63.99999237060547],
+                "m34": [1.0, 1.0, 1.0],
+                "obj_last": [0.9621075391769409, 0.9793535470962524, 0.9835969805717468],
+                "step": [[0.00256, 0.32, 0.00256, 0.32], [0.00256, 0.000512, 0.0128, 0.0128],
+                         [0.0128, 8.0, 0.0128, 1.6]]},
+}
+
+
+@pytest.mark.parametrize("case", ["path", "plain", "default"])
+def test_default_schedule_unchanged(edge, case):
+    model, x = edge
+    opts = dict(TOY, line_search=case) if case != "default" else {k: v for k, v in TOY.items() if k != "noise"}
+    e = sk.explain(model, x, "igos", mask_size=8, seed=1, target=0, **opts)
+    pin = PINNED[case]
+    m = e.extras["mask"]
+    assert m.flatten(1).sum(1).tolist() == pytest.approx(pin["masksum"], abs=1e-4)
+    assert m[:, 0, 3, 4].tolist() == pytest.approx(pin["m34"], abs=1e-5)
+    assert e.extras["objective"][:, -1].tolist() == pytest.approx(pin["obj_last"], abs=1e-5)
+    assert e.extras["step"].tolist() == [pytest.approx(s, rel=1e-6) for s in pin["step"]]
+    assert e.extras["schedule"]["preset"] == "saliencekit" and e.extras["schedule"]["floor"] == "clamp"
+    if case == "default":  # the preset's values given explicitly, or the preset named, change nothing
+        for extra in ({"preset": None}, {"preset": "saliencekit"},
+                      {"noise": 0.2, "step_init": 200.0, "line_search": "path"}):
+            again = sk.explain(model, x, "igos", mask_size=8, seed=1, target=0, **opts, **extra)
+            assert torch.equal(again.attributions, e.attributions), extra
+            assert torch.equal(again.extras["step"], e.extras["step"]), extra

@@ -18,9 +18,16 @@ adjoint. The noise ``n_s`` is a pure function of (seed, image, iteration * S + s
 identical for any chunk size or batch composition. The Armijo backtracking is vectorised over
 images: each image keeps its own step size and acceptance, and the candidate masks of all
 images still searching are evaluated in one batched (chunked) forward per backtracking round.
+
+Presets (``preset=``, docs/igos.md "Presets"): the schedule of the optimisation, as saliencekit
+runs it by default or as each authors' code runs it: which objective the Armijo test evaluates
+(and with which noise), the path noise (std, channels), the first step, what happens at the step
+floor, the AAAI code's lambda1 schedule and its path divisor. A :class:`Schedule` holds them.
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -31,15 +38,61 @@ from ..core.imageops import gaussian_blur
 from ..core.targets import RecordingScore
 from .base import Context, Option, register
 
+# ``noise``, ``step_init`` and ``line_search`` default to None: the preset's value (saliencekit's:
+# 0.2, 200, "path"); a value given overrides the preset's.
 IGOS_DEFAULTS = {"mask_size": 28, "iterations": 15, "ig_steps": 20, "l1": 1.0, "tv": 20.0, "tv_beta": 2,
-                 "noise": 0.2, "step_init": 200.0, "blur_kernel": 51, "blur_sigma": 50.0,
-                 "line_search": "path"}
-LINE_SEARCH = ("path", "plain")
+                 "noise": None, "step_init": None, "blur_kernel": 51, "blur_sigma": 50.0,
+                 "line_search": None, "preset": "saliencekit"}
+LINE_SEARCH = ("path", "plain", "path_fresh")
 
 MASK_MIN, MASK_MAX = 7, 224
-ARMIJO_C = 1e-4      # sufficient-decrease constant
-STEP_SHRINK = 0.2    # backtracking factor
-STEP_FLOOR = 1e-5    # smallest step; taken unconditionally when reached (as the authors' code does)
+ARMIJO_C = 1e-4      # sufficient-decrease constant (both authors' codes)
+STEP_SHRINK = 0.2    # backtracking factor (both authors' codes)
+STEP_FLOOR = 1e-5    # the step limit; what happens there is the schedule's ``floor`` rule
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The knobs a preset sets (docs/igos.md, "Presets").
+
+    ``line_search``: the function the Armijo test evaluates: ``"path"`` the iteration's
+    path-averaged noisy objective with the direction's own noise draws; ``"path_fresh"`` the same
+    objective with new draws for the current mask and for every candidate (IGOS_pp); ``"plain"``
+    ``F`` (no path, no noise; the AAAI code).
+    ``noise``: std of the path noise in model space; ``noise_channels``: ``"all"``, or ``"first"``
+    (channel 0 only, as the AAAI code's ``cv2.randn`` with a scalar std draws).
+    ``step_init``: the first step of every line search.
+    ``floor``: ``"clamp"``: shrinking stops at ``STEP_FLOOR`` and a candidate at that step is taken
+    (saliencekit); ``"below"``: shrinking goes on and the first step below ``STEP_FLOOR`` is taken
+    after its evaluation (both authors' codes: 200 * 0.2**11 = 1000 * 0.2**12 = 4.096e-6).
+    ``l1_schedule``: ``None``, or ``"aaai"`` (lambda1 / 10 and / 5 when the class score has not moved,
+    :func:`aaai_l1_update`).
+    ``path_divisor``: the path sum of scores is divided by this constant (the AAAI code's 20.0)
+    instead of by the number of path steps (``None``).
+    """
+
+    line_search: str
+    noise: float
+    noise_channels: str
+    step_init: float
+    floor: str
+    l1_schedule: str | None
+    path_divisor: int | None
+
+
+PRESETS = {
+    "saliencekit": Schedule(line_search="path", noise=0.2, noise_channels="all", step_init=200.0, floor="clamp",
+                            l1_schedule=None, path_divisor=None),
+    "aaai": Schedule(line_search="plain", noise=0.4, noise_channels="first", step_init=200.0, floor="below",
+                     l1_schedule="aaai", path_divisor=20),
+    "igos_pp": Schedule(line_search="path_fresh", noise=0.2, noise_channels="all", step_init=1000.0, floor="below",
+                        l1_schedule=None, path_divisor=None),
+}
+
+# The AAAI code's lambda1 schedule (IGOS_generate_video.py, lines 352-362), checked after the mask
+# update of iteration t (0-based) when iterations > 3: (iterations divided by, threshold on
+# |p(M_0) - p(M_{t-1})|, lambda1 divided by); the first check whose iteration matches applies.
+AAAI_L1_CHECKS = ((2.0, 0.001, 10.0), (1.25, 0.01, 5.0))
 
 
 # ---- option checks ---------------------------------------------------------------------------
@@ -63,6 +116,25 @@ def mask_shape(mask_size, input_hw: tuple[int, int]) -> tuple[int, int]:
     return int(sides[0]), int(sides[1])
 
 
+def resolve_schedule(preset, *, line_search=None, noise=None, step_init=None) -> Schedule:
+    """The preset's :class:`Schedule` (``None`` = ``"saliencekit"``), with the options given
+    (not ``None``) overriding its ``line_search``, ``noise`` and ``step_init``."""
+    name = "saliencekit" if preset is None else preset
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ValueError(f"preset: expected one of {', '.join(PRESETS)} (or None), got {preset!r}")
+    over = {}
+    if line_search is not None:
+        if line_search not in LINE_SEARCH:
+            raise ValueError(f"line_search: expected one of {', '.join(LINE_SEARCH)} (or None: the preset's), "
+                             f"got {line_search!r}")
+        over["line_search"] = line_search
+    if noise is not None:
+        over["noise"] = nonneg_float("noise", noise)
+    if step_init is not None:
+        over["step_init"] = positive_float("step_init", step_init)
+    return replace(PRESETS[name], **over)
+
+
 # ---- building blocks (also used by the tests) -------------------------------------------------
 
 def upsample(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -72,8 +144,9 @@ def upsample(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(masks, size=size, mode="bilinear", align_corners=True)
 
 
-def regulariser(masks: torch.Tensor, l1: float, tv: float, tv_beta: float) -> torch.Tensor:
-    """Per image: ``l1 * mean|1 - M| + tv * (mean|dv M|^beta + mean|dh M|^beta)``."""
+def regulariser(masks: torch.Tensor, l1, tv: float, tv_beta: float) -> torch.Tensor:
+    """Per image: ``l1 * mean|1 - M| + tv * (mean|dv M|^beta + mean|dh M|^beta)`` (``l1`` a number
+    or one value per image)."""
     b = masks.shape[0]
     r = l1 * (1 - masks).abs().reshape(b, -1).mean(1)
     if tv:
@@ -83,11 +156,34 @@ def regulariser(masks: torch.Tensor, l1: float, tv: float, tv_beta: float) -> to
     return r
 
 
-class IGOS:
-    """One batched I-GOS optimisation (state shared by the direction and the line search)."""
+def aaai_l1_update(t: int, iterations: int, scores, l1: torch.Tensor) -> torch.Tensor:
+    """lambda1 per image after iteration ``t`` (0-based) under the AAAI code's schedule.
 
-    def __init__(self, ctx: Context, mask_hw: tuple[int, int], *, ig_steps: int, l1: float, tv: float,
-                 tv_beta: float, noise_sigma: float, baseline: torch.Tensor):
+    ``scores[k]`` is the class score p(M_k) of the mask after k updates (k = 0 .. t + 1). The code
+    keeps ``curve2 = [p(M_0), p(M_0), p(M_1), ...]`` and tests ``curve2[t]``, i.e. p(M_{t-1}): at
+    ``t == int(iterations / 2)`` lambda1 is divided by 10 where ``|p(M_0) - p(M_{t-1})| <= 0.001``,
+    else at ``t == int(iterations / 1.25)`` by 5 where it is ``<= 0.01``; only when
+    ``iterations > 3``. The new lambda1 holds for the later iterations.
+    """
+    if iterations <= 3:
+        return l1
+    for div, threshold, factor in AAAI_L1_CHECKS:
+        if t == int(iterations / div):
+            moved = (scores[0] - scores[t - 1]).abs().to(l1.device)
+            return torch.where(moved <= threshold, l1 / factor, l1)
+    return l1
+
+
+class IGOS:
+    """One batched I-GOS optimisation (state shared by the direction and the line search).
+
+    ``l1`` is a number, or one value per image (a tensor) when a lambda1 schedule runs.
+    ``noise_channels`` and ``path_divisor``: see :class:`Schedule`.
+    """
+
+    def __init__(self, ctx: Context, mask_hw: tuple[int, int], *, ig_steps: int, l1, tv: float,
+                 tv_beta: float, noise_sigma: float, baseline: torch.Tensor, noise_channels: str = "all",
+                 path_divisor: int | None = None):
         self.ctx = ctx
         self.x = ctx.x.detach()
         self.base = baseline.to(dtype=self.x.dtype)
@@ -97,36 +193,68 @@ class IGOS:
         self.S = ig_steps
         self.l1, self.tv, self.tv_beta = l1, tv, tv_beta
         self.sigma = noise_sigma
+        self.channels = noise_channels
+        self.div = path_divisor
 
     def _up(self, masks: torch.Tensor) -> torch.Tensor:
         return upsample(masks, self.size).to(self.x.dtype)
 
-    def objective(self, masks: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Plain F(M) (no noise, no path) for the images ``index``; masks is len(index) x 1 x h x w."""
+    def _l1(self, index: torch.Tensor):
+        """lambda1 for the images ``index`` (the number itself when it is one for all)."""
+        if isinstance(self.l1, torch.Tensor):
+            return self.l1[index.to(self.l1.device)]
+        return self.l1
+
+    def _path_mean(self, sc: torch.Tensor) -> torch.Tensor:
+        """Rows x S path scores -> the path average (sum / S, or sum / the preset's divisor)."""
+        return sc.mean(1) if self.div is None else sc.sum(1) / self.div
+
+    def plain(self, masks: torch.Tensor, index: torch.Tensor):
+        """(F(M), p_c(Phi(M))) for the images ``index`` (no noise, no path); masks is len(index) x 1 x h x w."""
         with torch.no_grad():
             pts = self.base[index] + self._up(masks) * self.diff[index]
-            s = self.ctx.scores_at(pts, index)
-            return s.float() + regulariser(masks.float(), self.l1, self.tv, self.tv_beta).to(s.device)
+            s = self.ctx.scores_at(pts, index).float()
+            return s + regulariser(masks.float(), self._l1(index), self.tv, self.tv_beta).to(s.device), s
 
-    def _points(self, up: torch.Tensor, img: torch.Tensor, stp: torch.Tensor, iteration: int) -> torch.Tensor:
+    def objective(self, masks: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Plain F(M) (no noise, no path) for the images ``index``; masks is len(index) x 1 x h x w."""
+        return self.plain(masks, index)[0]
+
+    def _fresh_normal(self, i: int, iteration: int, draw: int, s: int) -> torch.Tensor:
+        """N(0, 1) for image i, keyed by (seed, image id, iteration, draw, path step) (``path_fresh``)."""
+        g = noise.generator(self.ctx.seed, noise.STREAM_IGOS, self.ctx.noise_key(i), iteration, draw, s,
+                            device=self.x.device)
+        return torch.randn(tuple(self.x.shape[1:]), generator=g, device=g.device, dtype=self.x.dtype).to(self.x.device)
+
+    def _points(self, up: torch.Tensor, img: torch.Tensor, stp: torch.Tensor, iteration: int,
+                draw: int | None = None) -> torch.Tensor:
         """Path points x~ + (s/S) up (x - x~) + n_s for rows (image img, step index stp = s - 1).
 
         ``up`` is indexed by ``img``; the noise is a pure function of (seed, the image's id,
-        iteration*S + stp), so neither the chunk size nor the rest of the batch changes it.
+        iteration*S + stp), or with ``draw`` of (seed, id, iteration, draw, stp), so neither the
+        chunk size nor the rest of the batch changes it.
         """
         x, S = self.x, self.S
         img_d, stp_d = img.to(x.device), stp.to(x.device)
         alpha = (stp_d.to(x.dtype) + 1) / S
         pts = self.base[img_d] + alpha.view(-1, 1, 1, 1) * up * self.diff[img_d]
         if self.sigma > 0:
-            eps = torch.stack([self.ctx.normal(x.shape[1:], i, iteration * S + s, noise.STREAM_IGOS)
-                               for i, s in zip(img.tolist(), stp.tolist())])
+            if draw is None:
+                eps = torch.stack([self.ctx.normal(x.shape[1:], i, iteration * S + s, noise.STREAM_IGOS)
+                                   for i, s in zip(img.tolist(), stp.tolist())])
+            else:
+                eps = torch.stack([self._fresh_normal(i, iteration, draw, s)
+                                   for i, s in zip(img.tolist(), stp.tolist())])
+            if self.channels == "first":
+                eps[:, 1:] = 0
             pts = pts + self.sigma * eps
         return pts
 
-    def path_objective(self, masks: torch.Tensor, index: torch.Tensor, iteration: int) -> torch.Tensor:
+    def path_objective(self, masks: torch.Tensor, index: torch.Tensor, iteration: int,
+                       draw: int | None = None) -> torch.Tensor:
         """The function whose gradient is the direction of ``iteration``: the path-averaged noisy
-        score (same noise draws) plus the regularisers, for the images ``index``."""
+        score plus the regularisers, for the images ``index``; with the direction's noise draws,
+        or with the fresh draws ``draw`` (``line_search="path_fresh"``)."""
         S = self.S
         n = index.shape[0]
         out = torch.empty(n, dtype=torch.float32, device=masks.device)
@@ -137,10 +265,10 @@ class IGOS:
                 b = min(n, a + per)
                 img = index[a:b].cpu().repeat_interleave(S)
                 stp = torch.arange(S).repeat(b - a)
-                pts = self._points(up[a:b].repeat_interleave(S, 0), img, stp, iteration)
-                sc = self.ctx.scores_at(pts, img.to(pts.device)).float().view(b - a, S).mean(1)
+                pts = self._points(up[a:b].repeat_interleave(S, 0), img, stp, iteration, draw)
+                sc = self._path_mean(self.ctx.scores_at(pts, img.to(pts.device)).float().view(b - a, S))
                 out[a:b] = sc.to(out.device)
-            return out + regulariser(masks.float(), self.l1, self.tv, self.tv_beta).to(out.device)
+            return out + regulariser(masks.float(), self._l1(index), self.tv, self.tv_beta).to(out.device)
 
     def direction(self, masks: torch.Tensor, iteration: int):
         """Gradient w.r.t. M of the noisy path-averaged score plus the regularisers (B x 1 x h x w),
@@ -159,75 +287,128 @@ class IGOS:
             g_up[i, 0] = (g * self.diff[i].float()).sum(0)
 
         rec = RecordingScore(self.ctx.score)
-        weights = [(s / S) / S for s in range(1, S + 1)]
+        div = S if self.div is None else self.div
+        weights = [(s / S) / div for s in range(1, S + 1)]
         self.ctx.run(engine.Plan(n, 1, make, n_steps=S, step_weights=weights), on_sample, score=rec)
-        path_scores = torch.cat(rec.values).float().view(n, S).mean(1).to(masks.device)
+        path_scores = self._path_mean(torch.cat(rec.values).float().view(n, S)).to(masks.device)
         with torch.enable_grad():
             m = masks.detach().float().requires_grad_(True)
             u = upsample(m, self.size)
             d_score, = torch.autograd.grad(u, m, grad_outputs=g_up)
             reg = regulariser(m, self.l1, self.tv, self.tv_beta)
-            if self.l1 or self.tv:
+            if bool(torch.as_tensor(self.l1).ne(0).any()) or self.tv:
                 d_reg, = torch.autograd.grad(reg.sum(), m)
                 d_score = d_score + d_reg
         return d_score.detach(), path_scores + reg.detach().to(path_scores.device)
 
-    def line_search(self, masks: torch.Tensor, d: torch.Tensor, f0: torch.Tensor, step_init: float, objective):
-        """Armijo backtracking per image on ``objective(masks, index)`` (``f0`` its value at
-        ``masks``): returns (new masks, their objective values, accepted steps)."""
+    def line_search(self, masks: torch.Tensor, d: torch.Tensor, f0: torch.Tensor, step_init: float, objective,
+                    floor: str = "clamp"):
+        """Armijo backtracking per image on ``objective`` (``f0`` its value at ``masks``).
+
+        ``objective(candidates, index, round)`` returns (values, class scores or None) for the images
+        ``index``; ``round`` counts the backtracking rounds from 1. ``floor``: see :class:`Schedule`.
+        Returns (new masks, their objective values, their class scores or None, accepted steps).
+        """
         n = masks.shape[0]
         dev = masks.device
         step = torch.full((n,), float(step_init), device=dev)
         dn2 = d.pow(2).reshape(n, -1).sum(1)
         new_m = masks.clone()
         new_f = f0.clone()
+        new_s = None
         pending = torch.ones(n, dtype=torch.bool, device=dev)
+        rnd = 0
         while bool(pending.any()):
+            rnd += 1
             p = pending.nonzero()[:, 0]
             sp = step[p].view(-1, 1, 1, 1)
             cand = (masks[p] - sp * d[p]).clamp(0, 1)
-            fc = objective(cand, p).to(dev)
+            fc, sc = objective(cand, p, rnd)
+            fc = fc.to(dev)
             ok = fc <= f0[p] - ARMIJO_C * step[p] * dn2[p]
-            acc = ok | (step[p] <= STEP_FLOOR)
+            if floor == "clamp":
+                acc = ok | (step[p] <= STEP_FLOOR)
+            else:  # "below": the first step under the floor is taken after its evaluation
+                acc = ok | (step[p] < STEP_FLOOR)
             pa = p[acc]
             new_m[pa] = cand[acc]
             new_f[pa] = fc[acc]
+            if sc is not None:
+                if new_s is None:
+                    new_s = torch.full((n,), float("nan"), device=dev)
+                new_s[pa] = sc.to(dev)[acc]
             pending[pa] = False
             pr = p[~acc]
-            step[pr] = (step[pr] * STEP_SHRINK).clamp(min=STEP_FLOOR)
-        return new_m, new_f, step
+            if floor == "clamp":
+                step[pr] = (step[pr] * STEP_SHRINK).clamp(min=STEP_FLOOR)
+            else:
+                step[pr] = step[pr] * STEP_SHRINK
+        return new_m, new_f, new_s, step
+
+
+@dataclass
+class IGOSRun:
+    """What :func:`run_igos` returns: the masks (B x 1 x h x w); per image, the plain F and the class
+    score p_c(Phi(M)) before and after every iteration (B x (T+1)), the accepted steps and the
+    lambda1 of every iteration (B x T)."""
+
+    masks: torch.Tensor
+    objective: torch.Tensor
+    score: torch.Tensor
+    step: torch.Tensor
+    l1: torch.Tensor
 
 
 def run_igos(ctx: Context, *, mask_hw, iterations: int, ig_steps: int, l1: float, tv: float, tv_beta: float,
-             noise_sigma: float, step_init: float, baseline: torch.Tensor, line_search: str = "path"):
-    """Optimise all images' masks together.
+             baseline: torch.Tensor, schedule: Schedule | None = None) -> IGOSRun:
+    """Optimise all images' masks together under ``schedule`` (default: saliencekit's).
 
-    Returns (masks, plain objective F per iteration B x (T+1), accepted steps B x T).
-    ``line_search="path"``: Armijo on the iteration's path-averaged noisy objective, the function
-    whose gradient the direction is (the authors' code); ``"plain"``: on F (one forward per
-    candidate instead of ``ig_steps``).
+    ``objective[:, t + 1]`` is F(M_{t+1}) with the lambda1 of iteration t. Line searches:
+    ``"path"``: Armijo on the iteration's path-averaged noisy objective with the direction's noise
+    (its value at M read off the direction's forwards); ``"path_fresh"``: the same objective with
+    fresh draws for M (draw 0) and for the candidates of round r (draw r), as IGOS_pp does;
+    ``"plain"``: on F (one forward per candidate instead of ``ig_steps``).
     """
-    opt = IGOS(ctx, mask_hw, ig_steps=ig_steps, l1=l1, tv=tv, tv_beta=tv_beta, noise_sigma=noise_sigma,
-               baseline=baseline)
+    sch = schedule if schedule is not None else PRESETS["saliencekit"]
+    opt = IGOS(ctx, mask_hw, ig_steps=ig_steps, l1=l1, tv=tv, tv_beta=tv_beta, noise_sigma=sch.noise,
+               baseline=baseline, noise_channels=sch.noise_channels, path_divisor=sch.path_divisor)
     n = ctx.n
     dev = ctx.x.device
+    if sch.l1_schedule is not None:
+        opt.l1 = torch.full((n,), float(l1), dtype=torch.float32, device=dev)
     masks = torch.ones((n, 1) + tuple(mask_hw), dtype=torch.float32, device=dev)
     idx = torch.arange(n, device=dev)
-    f = opt.objective(masks, idx).to(dev)
-    trace, steps = [f], []
+    f, s = opt.plain(masks, idx)
+    f, s = f.to(dev), s.to(dev)
+    trace, scores, steps, l1s = [f], [s], [], []
     for it in range(iterations):
+        l1s.append(torch.as_tensor(opt.l1, dtype=torch.float32, device=dev).expand(n).clone())
         d, f_path = opt.direction(masks, it)
-        if line_search == "plain":
-            masks, f, step = opt.line_search(masks, d, f, step_init, opt.objective)
+        if sch.line_search == "plain":
+            masks, f, s, step = opt.line_search(masks, d, f, sch.step_init, lambda m, index, r: opt.plain(m, index),
+                                                sch.floor)
         else:
-            def obj(m, index, it=it):
-                return opt.path_objective(m, index, it)
-
-            masks, _, step = opt.line_search(masks, d, f_path, step_init, obj)
-            f = opt.objective(masks, idx).to(dev)
+            if sch.line_search == "path":
+                def obj(m, index, r, it=it):
+                    return opt.path_objective(m, index, it), None
+                g0 = f_path
+            else:  # "path_fresh"
+                def obj(m, index, r, it=it):
+                    return opt.path_objective(m, index, it, draw=r), None
+                g0 = opt.path_objective(masks, idx, it, draw=0).to(dev)
+            masks, _, _, step = opt.line_search(masks, d, g0, sch.step_init, obj, sch.floor)
+            f, s = opt.plain(masks, idx)
+        f, s = f.to(dev), s.to(dev)
         trace.append(f)
+        scores.append(s)
         steps.append(step)
-    return masks, torch.stack(trace, 1), torch.stack(steps, 1)
+        if sch.l1_schedule == "aaai":
+            new = aaai_l1_update(it, iterations, scores, opt.l1)
+            if not torch.equal(new, opt.l1):
+                opt.l1 = new
+                # the next Armijo base F(M) with the new lambda1 (the code recomputes it every iteration)
+                f = s + regulariser(masks.float(), new, tv, tv_beta).to(dev)
+    return IGOSRun(masks, torch.stack(trace, 1), torch.stack(scores, 1), torch.stack(steps, 1), torch.stack(l1s, 1))
 
 
 def blurred_baseline(ctx: Context, kernel: int, sigma: float) -> torch.Tensor:
@@ -240,18 +421,24 @@ def blurred_baseline(ctx: Context, kernel: int, sigma: float) -> torch.Tensor:
 @register("igos", defaults=IGOS_DEFAULTS, stochastic=True, score="softmax",
           heatmap={"sign": "abs", "channels": "sum", "clip": None},
           ui={"mask_size": Option("int", "mask size", 7, 224, help="I-GOS mask resolution (s x s)"),
-              "iterations": Option("int", "iterations", 1, 100, help="I-GOS optimisation steps")},
+              "iterations": Option("int", "iterations", 1, 100, help="I-GOS optimisation steps"),
+              "preset": Option("choice", "preset", choices=tuple(PRESETS),
+                               help="schedule: saliencekit's, the AAAI code's (aaai) or IGOS_pp's (igos_pp)")},
           cost=lambda o: o["iterations"] * o["ig_steps"])
 def igos(ctx: Context, mask_size, iterations, ig_steps, l1, tv, tv_beta, noise, step_init, blur_kernel, blur_sigma,
-         line_search):
+         line_search, preset):
     """I-GOS (Qi et al. 2020): a mask M optimised with integrated-gradient directions; heatmap 1 - M.
 
     ``mask_size``: int in 7..224 or an (h, w) pair (default 28); ``iterations`` (15) descent
-    steps, each with ``ig_steps`` (20) path points plus Gaussian noise of std ``noise`` (0.2, model
+    steps, each with ``ig_steps`` (20) path points plus Gaussian noise of std ``noise`` (model
     space); ``l1`` (1) and ``tv`` (20) weight mean|1 - M| and the total variation with exponent
-    ``tv_beta`` (2); Armijo line search from ``step_init`` (200). The blurred image (kernel
-    ``blur_kernel`` 51, sigma ``blur_sigma`` 50, on [0, 1] pixels) replaces deleted pixels.
-    Extras: ``mask`` (B x 1 x h x w), ``objective`` (B x (iterations + 1)), ``step`` (B x iterations).
+    ``tv_beta`` (2); Armijo line search from ``step_init`` on the objective ``line_search``. The
+    blurred image (kernel ``blur_kernel`` 51, sigma ``blur_sigma`` 50, on [0, 1] pixels) replaces
+    deleted pixels. ``preset``: ``"saliencekit"`` (default: noise 0.2, step 200, ``"path"``),
+    ``"aaai"`` (the AAAI code's schedule) or ``"igos_pp"`` (IGOS_pp's); ``noise``, ``step_init``
+    and ``line_search`` left at None take the preset's value, a value given overrides it
+    (docs/igos.md, "Presets"). Extras: ``mask`` (B x 1 x h x w), ``objective`` and ``score``
+    (B x (iterations + 1)), ``step`` and ``l1`` (B x iterations), ``schedule`` (the knobs used).
     """
     hw = mask_shape(mask_size, tuple(ctx.x.shape[-2:]))
     positive_int("iterations", iterations)
@@ -261,17 +448,15 @@ def igos(ctx: Context, mask_size, iterations, ig_steps, l1, tv, tv_beta, noise, 
     tv_beta = nonneg_float("tv_beta", tv_beta)
     if tv_beta < 1:
         raise ValueError(f"tv_beta: expected a number >= 1 (the TV term must be differentiable), got {tv_beta}")
-    sigma = nonneg_float("noise", noise)
-    step_init = positive_float("step_init", step_init)
+    sched = resolve_schedule(preset, line_search=line_search, noise=noise, step_init=step_init)
     positive_int("blur_kernel", blur_kernel)
     if blur_kernel % 2 == 0:
         raise ValueError(f"blur_kernel: expected an odd positive size, got {blur_kernel}")
     blur_sigma = positive_float("blur_sigma", blur_sigma)
-    if line_search not in LINE_SEARCH:
-        raise ValueError(f"line_search: expected one of {', '.join(LINE_SEARCH)}, got {line_search!r}")
     base = blurred_baseline(ctx, blur_kernel, blur_sigma)
-    masks, trace, steps = run_igos(ctx, mask_hw=hw, iterations=iterations, ig_steps=ig_steps, l1=l1, tv=tv,
-                                   tv_beta=tv_beta, noise_sigma=sigma, step_init=step_init, baseline=base,
-                                   line_search=line_search)
-    attr = 1 - upsample(masks, tuple(ctx.x.shape[-2:]))
-    return {"attributions": attr, "extras": {"mask": masks, "objective": trace, "step": steps}}
+    res = run_igos(ctx, mask_hw=hw, iterations=iterations, ig_steps=ig_steps, l1=l1, tv=tv, tv_beta=tv_beta,
+                   baseline=base, schedule=sched)
+    attr = 1 - upsample(res.masks, tuple(ctx.x.shape[-2:]))
+    return {"attributions": attr,
+            "extras": {"mask": res.masks, "objective": res.objective, "score": res.score, "step": res.step,
+                       "l1": res.l1, "schedule": dict(asdict(sched), preset=preset or "saliencekit")}}
