@@ -54,8 +54,8 @@ def test_aupc_equals_loop(tiny_cnn, images):
                 t[:, rr:rr + w, cc:cc + w] = pat[d]  # identity preprocessing: pixels = model space
                 with torch.no_grad():
                     scores.append(tiny_cnn(t[None])[0, cls].item())
-            med = np.median(scores)
-            keep = int(np.argmin([abs(s - med) for s in scores]))
+            lower_mid = sorted(scores)[(draws - 1) // 2]  # the lower middle draw, first index on ties
+            keep = scores.index(lower_mid)
             cur[:, rr:rr + w, cc:cc + w] = pat[keep]
             ys.append(float(np.mean(scores)))
         ref = np.array(ys) / abs(y0)
@@ -117,7 +117,8 @@ def test_allegiance_equals_loop(tiny_cnn):
                 pred = tiny_cnn(spec.normalize(x01[i:i + 1])).argmax(1).item()
             row = []
             for p in fr:
-                thr = np.quantile(sal[i].numpy().astype(np.float64), 1 - p)
+                # the authors' threshold: the descending-sorted map at index round(p * N)
+                thr = sorted(sal[i].reshape(-1).tolist(), reverse=True)[round(p * 256)]
                 t = x01[i].clone()
                 for r in range(16):
                     for c in range(16):

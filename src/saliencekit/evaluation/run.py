@@ -11,11 +11,14 @@ Evaluation methods are the names of ``evaluation.variants`` (every registered me
 its spec declares, e.g. ``smoothgrad_square`` or ``ig_blur``, and ``random``, a seeded uniform
 map). Metrics are the names of the metric registry (``metrics.registry``).
 
-Maps given to the metrics: the method's default heatmap (``Explanation.heatmap()``), or the
-heatmap options of its variant (``original``: max over channels of |gradient|, Llorente et al.
-2023); signed methods (SmoothTaylor) give |signed channel sum|. ``autvc`` follows the SmoothTaylor
-paper (Goh et al. 2021) and measures the signed channel sum of the raw attributions for every
-input-space method (the heatmap for CAMs / I-GOS / random). See docs/evaluation.md.
+Maps given to the metrics (``metrics.scoring.explanation_maps``, the same function the metric
+functions apply to an ``Explanation``, so ``metrics.deletion(model, x, e)`` equals evaluate's row):
+the method's default heatmap (``Explanation.heatmap()``), or the heatmap options of its variant
+(``original``: max over channels of |gradient|, Llorente et al. 2023); signed methods (SmoothTaylor)
+give |signed channel sum|. ``autvc`` follows the SmoothTaylor paper (Goh et al. 2021) and measures
+the signed channel sum of the raw attributions for every input-space method (the heatmap for CAMs /
+I-GOS / random). The I-GOS protocol curves of I-GOS rank the cells of its own mask (``1 - mask``).
+See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -28,13 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..api import explain
 from ..core import checks, noise
 from ..core.speed import set_defaults
 from ..metrics import registry as metric_registry
-from ..metrics.scoring import guarded, outputs
+from ..metrics.scoring import Maps, explanation_maps, guarded, outputs
 from ..models import get_preprocessing
 from . import variants
 
@@ -67,41 +69,23 @@ class EvalResult:
             getattr(self, table).extend(getattr(other, table))
 
 
-def _fit(m: torch.Tensor, hw) -> torch.Tensor:
-    """A map as B x H x W at the input's size (channels summed, bilinear upsampling)."""
-    if m.dim() == 4:
-        m = m[:, 0] if m.shape[1] == 1 else m.sum(1)
-    if tuple(m.shape[-2:]) != tuple(hw):
-        m = F.interpolate(m[:, None].float(), size=tuple(hw), mode="bilinear", align_corners=False)[:, 0]
-    return m.float()
-
-
 def _maps(model, x, resolved, classes, ids, seed, batch_size):
-    """(metric map B x H x W, TV map B x H x W, extras per image) for one method on one batch;
-    ``resolved`` is the evaluation name's ``variants.resolve`` tuple."""
+    """(the metrics' ``Maps``: heat B x H x W, TV map B x H x W, I-GOS cells or None; extras per image)
+    for one method on one batch; ``resolved`` is the evaluation name's ``variants.resolve`` tuple."""
     hw = x.shape[-2:]
     base, opts, hm, _ = resolved
     if base == variants.RANDOM:
         m = torch.stack([noise.uniform(tuple(hw), seed, i, 0, stream=noise.STREAM_METRIC + 1000, device=x.device)
                          for i in ids])
-        return m, m, [{} for _ in ids]
+        return Maps(heat=m, tv=m), [{} for _ in ids]
     e = explain(model, x, base, target=classes, seed=seed, image_ids=ids, batch_size=batch_size,
                 keep_inputs=False, **opts)
-    if hm:
-        heat = e.heatmap(**hm)
-    elif e.signed:
-        heat = e.heatmap(sign="signed", clip=None, normalize=False).abs()
-    else:
-        heat = e.heatmap()
-    heat = _fit(heat, hw)
-    a = e.attributions
-    input_space = a.dim() == 4 and a.shape[1] == x.shape[1] and tuple(a.shape[-2:]) == tuple(hw)
-    tv = a.sum(1).float() if input_space else heat
+    maps = explanation_maps(e, hw=hw, channels=x.shape[1], heatmap=hm or None)
     extras = [{} for _ in ids]
     if "sigma" in e.extras and isinstance(e.extras["sigma"], torch.Tensor):
         for k, v in enumerate(e.extras["sigma"].reshape(-1).tolist()):
             extras[k]["sigma"] = v
-    return heat, tv, extras
+    return maps, extras
 
 
 def check_names(methods: Sequence[str], metrics: Sequence[str]) -> None:
@@ -182,13 +166,13 @@ def _evaluate_blocks(model, images, methods, metrics, seed, labels, target, meth
                 xs, x01s, cls = x[k:k + 1], x01[k:k + 1], classes[k:k + 1]
                 ids = [image_id(image)]
                 t0 = time.perf_counter()
-                heat, tv, extras = _maps(model, xs, resolved, cls, ids, seed, batch_size)
+                maps, extras = _maps(model, xs, resolved, cls, ids, seed, batch_size)
                 res.timings.append({"image": image, "method": name, "stage": "explain",
                                     "seconds": time.perf_counter() - t0})
                 for key, v in extras[0].items():
                     res.extras.append({"image": image, "method": name, "key": key, "value": float(v)})
-                judged = metric_registry.Judged(model=model, x=xs, x01=x01s, heat=heat, tv=tv, classes=cls,
-                                                image_ids=ids, seed=seed, batch_size=batch_size)
+                judged = metric_registry.Judged(model=model, x=xs, x01=x01s, heat=maps.heat, tv=maps.tv, classes=cls,
+                                                image_ids=ids, seed=seed, batch_size=batch_size, cells=maps.cells)
                 for metric in metrics:
                     t0 = time.perf_counter()
                     opts = dict(variant_metric_options.get(metric) or {})

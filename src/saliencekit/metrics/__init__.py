@@ -2,7 +2,8 @@
 
 Every metric takes ``(model, x, saliency, target=..., **options)`` with ``x`` in model space
 (except ``allegiance``, which takes pixels in [0, 1]) and ``saliency`` B x H x W or
-B x 1 x H x W, and returns per-image values (a tensor of B, or a dict / ``CurveResult`` whose
+B x 1 x H x W or an ``Explanation`` (the map ``evaluate`` judges, ``scoring.explanation_maps``;
+``target=None`` then means its explained classes), and returns per-image values (a tensor of B, or a dict / ``CurveResult`` whose
 ``auc`` is that tensor when curves are asked for).
 
 Each module is importable under its own name; the functions whose names differ from their module's

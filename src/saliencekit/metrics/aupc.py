@@ -3,10 +3,21 @@
 ``window`` x ``window`` regions are ranked by the mean of |saliency| over every window position;
 ``regions`` non-overlapping windows are taken greedily in that order. Region by region (for all
 images of the batch at once) the window is replaced by uniform noise in pixel space, ``draws``
-draws at a time; the class logit is averaged over the draws (the curve value) and the draw
-whose logit is closest to the median is kept before the next region. The curve
+draws at a time; the class logit is averaged over the draws (the curve value) and the median
+draw is kept before the next region (``median_draw``): the draw whose logit is the lower middle
+value, the ``(draws - 1) // 2``-th in ascending order, the lowest draw index among equal logits.
+The authors' code (garygsw/smooth-taylor, ``attribution/eval.py``, ``classify_perturbations``)
+keeps the first draw with the smallest ``|logit - np.median(logits)|``: for an odd number of
+draws that is the same draw; for an even number (their default, 50) the median is the mean of the
+two middle logits, both equally close to it, and float rounding of that mean decides which one is
+kept. Keeping the lower one makes the choice deterministic. The curve
 ``y_0 = f_c(x), y_1 .. y_R`` is divided by ``|f_c(x)|`` and integrated with Simpson's rule with
-unit spacing per region (as in the authors' code). Lower is better.
+unit spacing per region (as in the authors' code; ``integration="simpson_avg"``: the scipy < 1.11
+rule they ran, which differs only for an even number of points, i.e. an odd ``regions``). Lower is
+better.
+
+``saliency`` is a map or an ``Explanation`` (the map ``evaluate`` judges, ``scoring.metric_maps``;
+with ``target=None`` its explained classes).
 
 Noise is a pure function of ``(seed, image id, region)`` (``noise.STREAM_METRIC``); pass
 ``image_ids`` to make a batch's results independent of its composition.
@@ -24,8 +35,8 @@ import torch.nn.functional as F
 from ..core import noise
 from ..core.checks import integer
 from ..models import get_preprocessing
-from .scoring import (check_model, check_saliency, check_x, chunk_rows, guarded, positive_int, resolve_target,
-                      scored_rows, simpson)
+from .scoring import (INTEGRATIONS, check_model, check_x, chunk_rows, guarded, integrate, metric_maps, metric_target,
+                      positive_int, resolve_target, scored_rows)
 from .registry import Judged, register
 
 
@@ -53,17 +64,32 @@ def select_windows(saliency: torch.Tensor, window: int, regions: int) -> list[li
     return out
 
 
-def aupc(model, x: torch.Tensor, saliency: torch.Tensor, target: Any = "predicted", window: int = 15,
+def median_draw(scores: torch.Tensor) -> torch.Tensor:
+    """Per row of ``scores`` (A x D), the draw kept: the lowest index whose score equals the row's
+    lower middle value (the ``(D - 1) // 2``-th in ascending order)."""
+    s = scores.detach()
+    mid = torch.sort(s, dim=1).values[:, (s.shape[1] - 1) // 2]
+    return (s == mid[:, None]).to(torch.uint8).argmax(1)
+
+
+def aupc(model, x: torch.Tensor, saliency, target: Any = None, window: int = 15,
          regions: int = 30, draws: int = 50, seed: int = 0, image_ids: Sequence[int] | None = None,
-         return_curves: bool = False, batch_size: int | None = None):
+         return_curves: bool = False, batch_size: int | None = None, integration: str = "simpson"):
     """Area under the region-perturbation curve per image (lower is better).
 
+    ``saliency``: a B x H x W or B x 1 x H x W map or an ``Explanation``; ``target``: class indices
+    or ``"predicted"``, None (default): the explanation's classes, or the predicted ones for a map.
+    ``integration``: ``"simpson"`` (scipy's current rule) or ``"simpson_avg"`` (scipy < 1.11's
+    ``simps``, the authors'); they differ only for an even number of curve points.
     Returns a tensor of B values, or with ``return_curves`` a dict with ``auc`` and ``curves``
     (B x (regions + 1), normalised by |f_c(x)|).
     """
     check_model(model)
     x = check_x(x)
-    s = check_saliency(saliency, x)
+    s = metric_maps(saliency, x).heat
+    target = metric_target(saliency, target)
+    if integration not in INTEGRATIONS:
+        raise ValueError(f"integration: expected one of {', '.join(INTEGRATIONS)}, got {integration!r}")
     positive_int("window", window)
     positive_int("regions", regions)
     positive_int("draws", draws)
@@ -102,15 +128,13 @@ def aupc(model, x: torch.Tensor, saliency: torch.Tensor, target: Any = "predicte
             total = len(active) * draws
             sc = scored_rows(model, total, build, classes, "logit", chunk_rows(x, total, batch_size))
             sc = sc.view(len(active), draws)
-            med = sc.double().cpu().numpy()
+            kept = median_draw(sc).tolist()
             for a, i in enumerate(active):
-                m = np.median(med[a])
-                keep = int(np.argmin(np.abs(med[a] - m)))
                 rr, cc = wins[i][r]
-                cur[i, :, rr:rr + window, cc:cc + window] = patches[a, keep]
+                cur[i, :, rr:rr + window, cc:cc + window] = patches[a, kept[a]]
                 curves[i, r + 1] = sc[a].mean()
     norm = curves / y0.abs().clamp(min=1e-12)[:, None]
-    auc = torch.stack([simpson(row[~torch.isnan(row)]) if (~torch.isnan(row)).sum() > 1
+    auc = torch.stack([integrate(row[~torch.isnan(row)], integration) if (~torch.isnan(row)).sum() > 1
                        else torch.tensor(0.0, dtype=torch.float64) for row in norm.cpu()]).float()
     return {"auc": auc, "curves": norm} if return_curves else auc
 
@@ -123,4 +147,4 @@ def _judge(j: Judged, opts):
 
 register("aupc", fn=aupc, higher_is_better=False, kind="scalar", space="model", judge=_judge)
 
-__all__ = ["aupc", "select_windows"]
+__all__ = ["aupc", "median_draw", "select_windows"]

@@ -5,6 +5,9 @@ in pixel space, normalised again for the model: ``E = normalize(s01 * x01)``. Wi
 softmax probability of the explained class on ``x`` and ``O`` on ``E``: per image
 ``drop = 100 * max(0, Y - O) / Y`` and ``increase = 100 * [O > Y]``; their means over images are
 the paper's Average Drop % (lower is better) and Increase in Confidence % (higher is better).
+
+``saliency`` is a map or an ``Explanation`` (the map ``evaluate`` judges, ``scoring.metric_maps``);
+with ``target=None`` (default) an explanation's classes are judged, the predicted ones for a map.
 """
 
 from __future__ import annotations
@@ -15,16 +18,17 @@ import torch
 
 from ..core.imageops import minmax
 from ..models import get_preprocessing
-from .scoring import check_model, check_saliency, check_x, guarded, outputs, resolve_target, select
+from .scoring import check_model, check_x, guarded, metric_maps, metric_target, outputs, resolve_target, select
 from .registry import Judged, register
 
 
-def confidence_scores(model, x: torch.Tensor, saliency: torch.Tensor, target: Any = "predicted",
+def confidence_scores(model, x: torch.Tensor, saliency, target: Any = None,
                       batch_size: int | None = None):
     """(Y, O, classes): class probability on the image and on the explanation map."""
     check_model(model)
     x = check_x(x)
-    s = check_saliency(saliency, x)
+    s = metric_maps(saliency, x).heat
+    target = metric_target(saliency, target)
     s = minmax(s.reshape(s.shape[0], -1)).view_as(s)
     spec = get_preprocessing(model)
     e = spec.normalize(s[:, None] * spec.denormalize(x))
@@ -35,14 +39,14 @@ def confidence_scores(model, x: torch.Tensor, saliency: torch.Tensor, target: An
     return y, o, classes
 
 
-def average_drop(model, x: torch.Tensor, saliency: torch.Tensor, target: Any = "predicted",
+def average_drop(model, x: torch.Tensor, saliency, target: Any = None,
                  batch_size: int | None = None) -> torch.Tensor:
     """Per-image drop in % (B values; their mean is the Average Drop %; lower is better)."""
     y, o, _ = confidence_scores(model, x, saliency, target, batch_size)
     return 100.0 * (y - o).clamp(min=0) / y.clamp(min=1e-12)
 
 
-def increase_in_confidence(model, x: torch.Tensor, saliency: torch.Tensor, target: Any = "predicted",
+def increase_in_confidence(model, x: torch.Tensor, saliency, target: Any = None,
                            batch_size: int | None = None) -> torch.Tensor:
     """Per-image 100 * [O > Y] (their mean is the Increase in Confidence %; higher is better)."""
     y, o, _ = confidence_scores(model, x, saliency, target, batch_size)

@@ -8,7 +8,8 @@
 - ``relevance_mass``: the share of *positive* relevance inside the mask, on the map as given
   (Arras et al., relevance mass accuracy); ``relevance_rank``: the share of the top-K pixels
   inside the mask, K = mask size (relevance rank accuracy).
-All return one value per image (NaN for an empty mask).
+All return one value per image (NaN for an empty mask). ``saliency`` is a map or an
+``Explanation`` (the map ``evaluate`` judges, ``scoring.metric_maps``, at the masks' size).
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from __future__ import annotations
 import torch
 
 from ..core.imageops import minmax
-from .scoring import check_saliency
+from .scoring import metric_maps
+
+
+def _saliency(saliency, masks) -> torch.Tensor:
+    """The B x H x W map judged: a tensor as given, an Explanation's map at the masks' size."""
+    hw = tuple(masks.shape[-2:]) if isinstance(masks, torch.Tensor) and masks.dim() >= 2 else None
+    return metric_maps(saliency, hw=hw).heat
 
 
 def _masks(masks, s: torch.Tensor) -> torch.Tensor:
@@ -30,9 +37,9 @@ def _masks(masks, s: torch.Tensor) -> torch.Tensor:
     return (m > 0.5 if m.dtype.is_floating_point else m.bool()).to(s.device)
 
 
-def pointing_game(saliency: torch.Tensor, masks: torch.Tensor, tolerance: float = 15) -> torch.Tensor:
+def pointing_game(saliency, masks: torch.Tensor, tolerance: float = 15) -> torch.Tensor:
     """1.0 for a hit, 0.0 for a miss, per image."""
-    s = check_saliency(saliency)
+    s = _saliency(saliency, masks)
     m = _masks(masks, s)
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
         raise ValueError(f"tolerance: expected a non-negative number, got {tolerance!r}")
@@ -55,24 +62,24 @@ def _share_inside(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.where(m.reshape(b, -1).any(1), out, torch.full_like(out, float("nan")))
 
 
-def energy_pointing_game(saliency: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def energy_pointing_game(saliency, masks: torch.Tensor) -> torch.Tensor:
     """Share of the min-max normalised map's energy inside the mask, per image."""
-    s = check_saliency(saliency)
+    s = _saliency(saliency, masks)
     m = _masks(masks, s)
     b = s.shape[0]
     n = minmax(s.reshape(b, -1)).view_as(s)
     return _share_inside(n, m)
 
 
-def relevance_mass(saliency: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def relevance_mass(saliency, masks: torch.Tensor) -> torch.Tensor:
     """Share of positive relevance inside the mask (relevance mass accuracy), per image."""
-    s = check_saliency(saliency)
+    s = _saliency(saliency, masks)
     return _share_inside(s.clamp(min=0), _masks(masks, s))
 
 
-def relevance_rank(saliency: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def relevance_rank(saliency, masks: torch.Tensor) -> torch.Tensor:
     """Share of the K most relevant pixels (K = mask size) inside the mask, per image."""
-    s = check_saliency(saliency)
+    s = _saliency(saliency, masks)
     m = _masks(masks, s)
     b = s.shape[0]
     order = torch.sort(s.reshape(b, -1), dim=1, descending=True, stable=True).indices

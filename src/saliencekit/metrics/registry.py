@@ -25,12 +25,13 @@ class Judged:
     model: nn.Module
     x: torch.Tensor                  # model space, B x C x H x W
     x01: torch.Tensor                # pixels in [0, 1]
-    heat: torch.Tensor               # the map judged, B x H x W (see evaluation.run for which map)
+    heat: torch.Tensor               # the map judged, B x H x W (scoring.explanation_maps: which map)
     tv: torch.Tensor                 # the map whose noise level is measured (signed channel sum)
     classes: torch.Tensor            # the explained class per image
     image_ids: List[int]             # keys of each image's noise
     seed: int
     batch_size: Optional[int] = None
+    cells: Optional[torch.Tensor] = None   # B x h x w cells the I-GOS protocol ranks (I-GOS: 1 - mask), or None
 
 
 # (per-image values B, curves B x P or None)

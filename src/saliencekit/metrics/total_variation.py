@@ -5,6 +5,19 @@ the authors' code) down to the last level whose sides are both >= ``min_size`` (
 level take |map|, cap it at the 99th percentile, min-max normalise, and compute the L1 total
 variation (sum of absolute vertical and horizontal neighbour differences) divided by the
 level's H * W. AUTVC = Simpson's rule over the levels (unit spacing). Lower is less noisy.
+
+Integration: a 224-pixel map gives 6 levels (224, 150, 100, 67, 45, 30), an even number of points,
+where Simpson's rule needs a choice for the odd interval. ``integration="simpson"`` (default) is
+today's ``scipy.integrate.simpson`` (scipy >= 1.11: Simpson on the first N - 2 intervals plus
+Cartwright's correction for the last one); ``integration="simpson_avg"`` reproduces the authors'
+numbers (garygsw/smooth-taylor ``attribution/eval.py``: ``scipy.integrate.simps(atvs, dx=1)`` of
+scipy < 1.11, default ``even="avg"``): the mean of (Simpson on the first N - 1 points + trapezoid
+on the last interval) and (trapezoid on the first interval + Simpson on the last N - 1 points),
+``scoring.simpson_avg``. For an odd number of levels both are plain composite Simpson.
+
+``saliency`` is a map or an ``Explanation``: its ``tv`` map (``scoring.explanation_maps``), the
+signed channel sum of the raw attributions for input-space methods (as the authors measure), the
+heatmap otherwise; the map ``evaluate``'s ``autvc`` measures.
 """
 
 from __future__ import annotations
@@ -13,7 +26,7 @@ import torch
 from skimage.transform import pyramid_gaussian
 
 from ..core.imageops import minmax
-from .scoring import check_saliency, simpson
+from .scoring import INTEGRATIONS, integrate, metric_maps
 from .registry import Judged, register
 
 
@@ -42,12 +55,17 @@ def pyramid(saliency: torch.Tensor, downscale: float = 1.5, min_size: int = 30) 
     return levels
 
 
-def total_variation(saliency: torch.Tensor, downscale: float = 1.5, min_size: int = 30, clip: float | None = 99.0):
-    """Per-level ATV (B x L) and AUTVC (B) of B x H x W (or B x 1 x H x W) maps.
+def total_variation(saliency, downscale: float = 1.5, min_size: int = 30, clip: float | None = 99.0,
+                    integration: str = "simpson"):
+    """Per-level ATV (B x L) and AUTVC (B) of B x H x W (or B x 1 x H x W) maps or of an ``Explanation``.
 
+    ``integration``: ``"simpson"`` (today's scipy) or ``"simpson_avg"`` (scipy < 1.11's ``simps``,
+    the SmoothTaylor authors' numbers; see the module docstring).
     Returns a dict ``{"atv": B x L, "autvc": B}`` (``auc`` is an alias of ``autvc``).
     """
-    s = check_saliency(saliency)
+    s = metric_maps(saliency).tv
+    if integration not in INTEGRATIONS:
+        raise ValueError(f"integration: expected one of {', '.join(INTEGRATIONS)}, got {integration!r}")
     if isinstance(downscale, bool) or not isinstance(downscale, (int, float)) or not downscale > 1:
         raise ValueError(f"downscale: expected a number > 1, got {downscale!r}")
     if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 2:
@@ -56,7 +74,7 @@ def total_variation(saliency: torch.Tensor, downscale: float = 1.5, min_size: in
         raise ValueError(f"saliency: maps of {tuple(s.shape[-2:])} are smaller than min_size={min_size}")
     levels = pyramid(s, float(downscale), min_size)
     atv = torch.stack([level_atv(lv, clip) for lv in levels], 1)
-    autvc = simpson(atv) if atv.shape[1] > 1 else atv[:, 0].clone()
+    autvc = integrate(atv, integration) if atv.shape[1] > 1 else atv[:, 0].clone()
     return {"atv": atv.float(), "autvc": autvc.float(), "auc": autvc.float()}
 
 
