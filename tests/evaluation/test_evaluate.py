@@ -313,3 +313,26 @@ def test_local_backend_resumes_from_the_store(tmp_path):
     res = st.evaluate_local(again, model, imgs, on_block=computed.append)
     assert res.rows == ref.rows
     assert len(computed) == 4 and [r["image"] for r in computed[-1].rows] == ["im2", "im2"]
+
+
+def test_non_finite_warning_names_the_image_file():
+    from saliencekit.api import NonFiniteWarning
+
+    class NanOnBright(torch.nn.Module):
+        """NaN scores for images whose first value (model space) is above 1."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            out = self.inner(x)
+            return torch.where((x[:, 0, 0, 0] > 1.0)[:, None], torch.full_like(out, float("nan")), out)
+
+    torch.manual_seed(0)
+    model = NanOnBright(tiny_cnn_32())
+    dark, bright = torch.rand(3, 32, 32) * 0.5, torch.rand(3, 32, 32) * 0.5
+    bright[0, 0, 0] = 1.5
+    with pytest.warns(NonFiniteWarning, match=r"image\(s\) 0 \(bright\.png\)"):
+        ev.evaluate_images(model, [("dark.png", dark), ("bright.png", bright)], ["gradient"], ["deletion"],
+                           target="predicted")

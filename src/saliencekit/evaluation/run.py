@@ -69,7 +69,7 @@ class EvalResult:
             getattr(self, table).extend(getattr(other, table))
 
 
-def _maps(model, x, resolved, classes, ids, seed, batch_size):
+def _maps(model, x, resolved, classes, ids, seed, batch_size, names=None):
     """(the metrics' ``Maps``: heat B x H x W, TV map B x H x W, I-GOS cells or None; extras per image)
     for one method on one batch; ``resolved`` is the evaluation name's ``variants.resolve`` tuple."""
     hw = x.shape[-2:]
@@ -79,7 +79,7 @@ def _maps(model, x, resolved, classes, ids, seed, batch_size):
                          for i in ids])
         return Maps(heat=m, tv=m), [{} for _ in ids]
     e = explain(model, x, base, target=classes, seed=seed, image_ids=ids, batch_size=batch_size,
-                keep_inputs=False, **opts)
+                keep_inputs=False, names=names, **opts)
     maps = explanation_maps(e, hw=hw, channels=x.shape[1], heatmap=hm or None)
     extras = [{} for _ in ids]
     if "sigma" in e.extras and isinstance(e.extras["sigma"], torch.Tensor):
@@ -166,7 +166,7 @@ def _evaluate_blocks(model, images, methods, metrics, seed, labels, target, meth
                 xs, x01s, cls = x[k:k + 1], x01[k:k + 1], classes[k:k + 1]
                 ids = [image_id(image)]
                 t0 = time.perf_counter()
-                maps, extras = _maps(model, xs, resolved, cls, ids, seed, batch_size)
+                maps, extras = _maps(model, xs, resolved, cls, ids, seed, batch_size, names=[image])
                 res.timings.append({"image": image, "method": name, "stage": "explain",
                                     "seconds": time.perf_counter() - t0})
                 for key, v in extras[0].items():
