@@ -563,6 +563,24 @@ def test_progress_is_reported_per_method():
     assert {s for _, s in seen} >= {"gradient", "smoothgrad", "done"}
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")   # TorchScript is what is tested
+def test_a_method_the_model_cannot_run_fails_alone(tmp_path):
+    """A TorchScript model takes no hooks: ticking Grad-CAM beside the gradient fails Grad-CAM only."""
+    torch.manual_seed(0)
+    torch.jit.save(torch.jit.script(TinyCNN().eval()), tmp_path / "tiny.pt")
+    model = saliencekit.load_model(str(tmp_path / "tiny.pt"), input_size=32)    # as `serve --model` loads it
+    ex = Explorer(model, "tiny-scripted", samples=SAMPLES)
+    image_id, _ = ex.add_sample("stripes")
+    req = ex.parse_request({"image_id": image_id, "methods": [{"name": "gradient"}, {"name": "gradcam"}]})
+    res = ex.run(req)
+    assert [m["name"] for m in res.payload["methods"]] == ["gradient"]
+    [failed] = res.payload["failed"]
+    assert failed["name"] == "gradcam" and "TorchScript" in failed["error"]
+    only_cam = ex.parse_request({"image_id": image_id, "methods": [{"name": "gradcam"}]})
+    with pytest.raises(InputError, match="gradcam: .*TorchScript"):
+        ex.run(only_cam)
+
+
 def test_job_queue_reports_errors_without_tracebacks():
     q = JobQueue(user_error=InputError)
     try:

@@ -378,6 +378,7 @@ class Explorer:
         entries: List[Dict[str, Any]] = []
         heats: List[torch.Tensor] = []
         raw: Dict[str, Dict[str, Any]] = {}
+        failed: List[Dict[str, str]] = []
         for idx, (name, opts) in enumerate(req.methods):
             expected = methods.get(name).rows_per_image(opts)
             rows = [0]
@@ -390,7 +391,10 @@ class Explorer:
             try:
                 e = explain(self.model, x, name, target=req.target, seed=0, progress=on_rows, **opts)
             except (ValueError, TypeError) as err:
-                raise InputError(f"{name}: {err}") from None
+                # one method the model cannot run (a CAM on a TorchScript file, say) fails alone
+                failed.append({"name": name, "error": f"{name}: {err}"})
+                report(idx + 1, name)
+                continue
             entry, files, heat = self._render(name, e, stored)
             result.files.update(files)
             raw[name] = {"attributions": e.attributions.detach().cpu(), "heatmap": heat.detach().cpu(),
@@ -401,6 +405,8 @@ class Explorer:
             self._observed(rows[0], e.time_s)
             report(idx + 1, name)
 
+        if failed and not entries:   # nothing to show: the page reports the error
+            raise InputError("; ".join(f["error"] for f in failed))
         if curves:
             hw = x.shape[-2] * x.shape[-1]
             step = max(1, math.ceil(hw / req.metric_steps))
@@ -420,7 +426,8 @@ class Explorer:
                     "methods": raw}, buf)
         result.files["saliency.pt"] = (buf.getvalue(), "application/octet-stream")
         result.payload.update({"target": req.target, "target_name": self.class_name(req.target),
-                               "methods": entries, "metrics": bool(curves), "tensors": "saliency.pt"})
+                               "methods": entries, "failed": failed, "metrics": bool(curves),
+                               "tensors": "saliency.pt"})
         report(stages, "done")
         return result
 

@@ -311,6 +311,10 @@ function showResult(res, jobId) {
     card.append(links);
     maps.append(card);
   });
+  for (const f of res.failed || []) {   // a method the model could not run: said on its own card
+    maps.append(el("div", { class: "card failed", "data-failed": f.name }, el("h3", { text: f.name }),
+      el("div", { class: "error-text", text: f.error })));
+  }
   const withCurves = res.methods.filter((m) => m.deletion && m.deletion.curve);
   $("curves").hidden = !(res.metrics && withCurves.length);
   if (!$("curves").hidden) {
