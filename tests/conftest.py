@@ -166,3 +166,24 @@ def tiny_cnn_32():
     m = _init(TinyCNN(), 0)
     m.saliencekit_preprocessing = Preprocessing(size=32, resize=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     return m
+
+
+def aupc_windows_loop(sal, w: int, regions: int):
+    """AUPC's region choice written as a plain loop (an independent reference): ``w`` x ``w``
+    windows of a 2-D numpy map by descending mean |saliency|, ties by position, each one kept if it
+    does not overlap a kept one, until ``regions`` are kept; returns their (row, col) corners."""
+    import numpy as np
+
+    h, wd = sal.shape
+    cand = []
+    for r in range(h - w + 1):
+        for c in range(wd - w + 1):
+            cand.append((-float(np.abs(sal[r:r + w, c:c + w]).mean()), r * (wd - w + 1) + c, r, c))
+    cand.sort()
+    taken = []
+    for _, _, r, c in cand:
+        if all(abs(r - r2) >= w or abs(c - c2) >= w for r2, c2 in taken):
+            taken.append((r, c))
+        if len(taken) == regions:
+            break
+    return taken

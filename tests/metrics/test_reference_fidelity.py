@@ -5,6 +5,7 @@ authors (Goh et al.). Each expectation is written out by hand or computed indepe
 import numpy as np
 import pytest
 import torch
+from conftest import aupc_windows_loop
 from scipy.integrate import simpson as scipy_simpson
 
 from saliencekit.core import noise
@@ -87,29 +88,13 @@ def test_median_draw_lower_middle_first_index():
         assert int(median_draw(row[None])[0]) == int(np.argmin(np.abs(row.numpy() - med)))
 
 
-def _windows(sal, w, regions):
-    h, wd = sal.shape
-    cand = []
-    for r in range(h - w + 1):
-        for c in range(wd - w + 1):
-            cand.append((-float(np.abs(sal[r:r + w, c:c + w]).mean()), r * (wd - w + 1) + c, r, c))
-    cand.sort()
-    taken = []
-    for _, _, r, c in cand:
-        if all(abs(r - r2) >= w or abs(c - c2) >= w for r2, c2 in taken):
-            taken.append((r, c))
-        if len(taken) == regions:
-            break
-    return taken
-
-
 def _curve_loop(model, img, sal, cls, w, regions, draws, seed, iid, keep_rule):
     """The AUPC curve written out, one forward per draw; ``keep_rule(scores)`` picks the kept draw."""
     cur = img.clone()
     with torch.no_grad():
         y0 = model(cur[None])[0, cls].item()
     ys, picked = [y0], []
-    for r, (rr, cc) in enumerate(_windows(sal.numpy(), w, regions)):
+    for r, (rr, cc) in enumerate(aupc_windows_loop(sal.numpy(), w, regions)):
         pat = noise.uniform((draws, 3, w, w), seed, iid, r, stream=noise.STREAM_METRIC)
         scores = []
         for d in range(draws):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_state, model_state
+from conftest import assert_same_state, aupc_windows_loop, model_state
 from scipy.integrate import simpson
 
 from saliencekit.core import noise
@@ -14,22 +14,6 @@ from saliencekit.metrics.allegiance import allegiance
 from saliencekit.metrics.aupc import aupc
 from saliencekit.metrics.total_variation import total_variation
 from saliencekit.models import Preprocessing
-
-
-def _windows_loop(sal, w, regions):
-    h, wd = sal.shape
-    cand = []
-    for r in range(h - w + 1):
-        for c in range(wd - w + 1):
-            cand.append((-float(np.abs(sal[r:r + w, c:c + w]).mean()), r * (wd - w + 1) + c, r, c))
-    cand.sort()
-    taken = []
-    for _, _, r, c in cand:
-        if all(abs(r - r2) >= w or abs(c - c2) >= w for r2, c2 in taken):
-            taken.append((r, c))
-        if len(taken) == regions:
-            break
-    return taken
 
 
 def test_aupc_equals_loop(tiny_cnn, images):
@@ -46,7 +30,7 @@ def test_aupc_equals_loop(tiny_cnn, images):
         with torch.no_grad():
             y0 = tiny_cnn(cur[None])[0, cls].item()
         ys = [y0]
-        for r, (rr, cc) in enumerate(_windows_loop(sal[i].numpy(), w, regions)):
+        for r, (rr, cc) in enumerate(aupc_windows_loop(sal[i].numpy(), w, regions)):
             pat = noise.uniform((draws, 3, w, w), seed, ids[i], r, stream=noise.STREAM_METRIC)
             scores = []
             for d in range(draws):  # one forward per draw: the protocol written out
