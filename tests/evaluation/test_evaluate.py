@@ -128,10 +128,10 @@ def test_cli_keeps_finished_work_after_an_error(cli, folder, tmp_path, monkeypat
     out = tmp_path / "out"
     maps = ev._maps
 
-    def failing(model, x, resolved, *args):
+    def failing(model, x, resolved, *args, **kwargs):
         if resolved[0] == "random":
             raise ValueError("random: broken for this test")
-        return maps(model, x, resolved, *args)
+        return maps(model, x, resolved, *args, **kwargs)
 
     monkeypatch.setattr(ev, "_maps", failing)
     r = cli(str(folder), "--methods", "gradient,random", "--metrics", "deletion", "--out", str(out), *OPTS)
