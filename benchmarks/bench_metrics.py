@@ -10,7 +10,8 @@ call is ``metric.update(x)`` (its Grad-CAM, then both curves, sharing the all-ba
 is ``explain(model, x, "gradcam")`` then ``deletion`` and ``insertion`` (each also re-scores the clean
 image). TorchCAM runs at its default ``batch_size=32`` and at a hand-tuned 4; calls alternate and
 the median of ``--repeats`` is kept. Also reported: inference throughput of the raw model at
-chunks of 4 and 16, to show where the difference comes from. Writes docs/benchmarks_metrics.md.
+chunks of 4 and 16, to show where the difference comes from. Writes the first section of
+docs/benchmarks_metrics.md (the sections after it are kept).
 """
 
 from __future__ import annotations
@@ -134,7 +135,13 @@ def main(argv=None):
               "4th decimal. Given the same map the curves are identical (checked while writing this script).",
               "The work (forwards per image) is the same up to 2 extra clean forwards on our side."]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    out = Path(args.out)
+    text = "\n".join(lines) + "\n"
+    # the page's other sections (Quantus side by side, written by hand) are kept: only the part
+    # before the first later top-level heading is this script's
+    old = out.read_text() if out.exists() else ""
+    keep = old.find("\n# ", 1)
+    out.write_text(text + (old[keep:] if keep >= 0 else ""))
     print(f"wrote {args.out}")
 
 
