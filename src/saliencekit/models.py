@@ -532,6 +532,19 @@ def _copy_attributes(src: nn.Module, new: nn.Module) -> None:
             setattr(new, k, getattr(src, k))
 
 
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` (the web explorer's predictor, the sanity check's randomised copy).
+
+    Copied without recording gradients: ``copy.deepcopy`` of a TorchScript module under grad mode
+    clones its parameters into non-leaf tensors, whose ``requires_grad`` ``model_guard`` cannot
+    switch off. (The copy of a TorchScript module then has parameters that need no gradient;
+    Python modules keep their flags.)"""
+    import copy
+
+    with torch.no_grad():
+        return copy.deepcopy(model)
+
+
 def _copyable_script(net: nn.Module) -> nn.Module:
     """A TorchScript module whose deep copy is a true copy: ``copy.deepcopy`` of a ScriptModule
     under grad mode gives parameters that are not leaves (their ``requires_grad`` cannot be

@@ -579,6 +579,14 @@ def test_a_method_the_model_cannot_run_fails_alone(tmp_path):
     only_cam = ex.parse_request({"image_id": image_id, "methods": [{"name": "gradcam"}]})
     with pytest.raises(InputError, match="gradcam: .*TorchScript"):
         ex.run(only_cam)
+    # a scripted module handed over as it is (not through load_model): its private copy is a true copy
+    raw = torch.jit.load(str(tmp_path / "tiny.pt"))
+    before = model_state(raw)
+    ex = Explorer(raw, "tiny-raw", samples=SAMPLES)
+    image_id, _ = ex.add_sample("stripes")
+    res = ex.run(ex.parse_request({"image_id": image_id, "methods": [{"name": "gradient"}]}))
+    assert [m["name"] for m in res.payload["methods"]] == ["gradient"]
+    assert_same_state(before, model_state(raw))
 
 
 def test_job_queue_reports_errors_without_tracebacks():

@@ -11,7 +11,6 @@ faithful method's maps must change, i.e. both numbers fall.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ from skimage.metrics import structural_similarity
 from ..api import explain
 from ..core.checks import optional_positive_int
 from ..metrics.scoring import check_model, check_x, guarded, resolve_target
+from ..models import copy_model
 
 
 def parameter_layers(model: torch.nn.Module) -> list[str]:
@@ -62,7 +62,7 @@ def sanity_check(model, x: torch.Tensor, method: str = "gradient", target: Any =
         classes, _ = resolve_target(model, x, target)
     classes = classes.clone()
     ref = _map(model, x, method, classes, seed, method_options)
-    work = copy.deepcopy(model)
+    work = copy_model(model)
     mods = dict(work.named_modules())
     gen = torch.Generator().manual_seed(int(seed))
     rho, ssim = [], []

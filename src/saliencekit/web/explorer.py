@@ -17,7 +17,6 @@ confirm a run estimated above ``LONG_RUN_SECONDS``.
 
 from __future__ import annotations
 
-import copy
 import io
 import math
 import re
@@ -38,7 +37,7 @@ from ..core.guard import as_output
 from ..core.layers import is_spatial, layer_outputs
 from ..methods import Option
 from ..metrics.registry import METRICS, MetricSpec
-from ..models import class_names, get_preprocessing
+from ..models import class_names, copy_model, get_preprocessing
 from .uploads import MAX_IMAGES, MAX_PIXELS, MAX_SIDE, MAX_UPLOAD_BYTES, ImageStore, InputError, StoredImage, \
     decode_image, png_bytes
 
@@ -127,7 +126,7 @@ class Explorer:
         self.images = ImageStore(max_images)
         # Predictions for uploads run on a private copy, so they never see the hooks a CAM places
         # on the explained model while a job runs in the worker thread.
-        self._predictor = copy.deepcopy(model).eval()
+        self._predictor = copy_model(model).eval()
         self._predict_lock = threading.Lock()
         self.samples = dict(samples if samples is not None else data.sample_images())
         self.layers, self.n_classes = self._model_facts()
