@@ -125,7 +125,7 @@ def test_average_drop_and_increase(tiny_cnn, images):
     inc = increase_in_confidence(tiny_cnn, images, sal, target=[0, 1, 2])
     for i in range(3):
         s = (sal[i] - sal[i].min()) / (sal[i].max() - sal[i].min())
-        e = spec.normalize((spec.denormalize(images[i:i + 1]) * s))
+        e = spec.normalize(spec.denormalize(images[i:i + 1]) * s)
         with torch.no_grad():
             y = torch.softmax(tiny_cnn(images[i:i + 1]), 1)[0, i].item()
             o = torch.softmax(tiny_cnn(e), 1)[0, i].item()

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import noise
-from ..core.checks import integer
+from ..core.checks import choice, integer
 from ..models import get_preprocessing
 from .scoring import (INTEGRATIONS, check_model, check_x, chunk_rows, guarded, integrate, metric_maps, metric_target,
                       positive_int, resolve_target, scored_rows)
@@ -88,8 +88,7 @@ def aupc(model, x: torch.Tensor, saliency, target: Any = None, window: int = 15,
     x = check_x(x)
     s = metric_maps(saliency, x).heat
     target = metric_target(saliency, target)
-    if integration not in INTEGRATIONS:
-        raise ValueError(f"integration: expected one of {', '.join(INTEGRATIONS)}, got {integration!r}")
+    choice("integration", integration, INTEGRATIONS)
     positive_int("window", window)
     positive_int("regions", regions)
     positive_int("draws", draws)

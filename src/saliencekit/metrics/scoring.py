@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import chunking, checks, speed
-from ..core.checks import positive_int
+from ..core.checks import choice, positive_int
 from ..core.guard import forward_scores, model_guard
 from ..core.targets import check_class_range, explicit_classes, resolve_classes
 from ..explanation import Explanation
@@ -329,11 +329,8 @@ INTEGRATIONS = ("simpson", "simpson_avg")
 def integrate(y: torch.Tensor, integration: str = "simpson") -> torch.Tensor:
     """Unit-spacing integral of ``y`` along the last dim: ``"simpson"`` (today's scipy, ``simpson``)
     or ``"simpson_avg"`` (scipy < 1.11's ``simps``, ``simpson_avg``), float64."""
-    if integration == "simpson":
-        return simpson(y)
-    if integration == "simpson_avg":
-        return simpson_avg(y)
-    raise ValueError(f"integration: expected one of {', '.join(INTEGRATIONS)}, got {integration!r}")
+    choice("integration", integration, INTEGRATIONS)
+    return simpson(y) if integration == "simpson" else simpson_avg(y)
 
 
 def broadcast_image(t, x: torch.Tensor, name: str) -> torch.Tensor:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from skimage.transform import pyramid_gaussian
 
+from ..core.checks import choice
 from ..core.imageops import minmax
 from .scoring import INTEGRATIONS, integrate, metric_maps
 from .registry import Judged, register
@@ -64,8 +65,7 @@ def total_variation(saliency, downscale: float = 1.5, min_size: int = 30, clip: 
     Returns a dict ``{"atv": B x L, "autvc": B}`` (``auc`` is an alias of ``autvc``).
     """
     s = metric_maps(saliency).tv
-    if integration not in INTEGRATIONS:
-        raise ValueError(f"integration: expected one of {', '.join(INTEGRATIONS)}, got {integration!r}")
+    choice("integration", integration, INTEGRATIONS)
     if isinstance(downscale, bool) or not isinstance(downscale, (int, float)) or not downscale > 1:
         raise ValueError(f"downscale: expected a number > 1, got {downscale!r}")
     if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 2:
