@@ -75,6 +75,15 @@ class ChunkPolicy:
     def clock(self) -> float:
         return time.perf_counter()
 
+    def _halve(self) -> bool:
+        """Half the rows (False at one row) and the CUDA cache emptied: the shrinking policies' step."""
+        if self.rows <= 1:
+            return False
+        self.rows //= 2
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return True
+
 
 class Fixed(ChunkPolicy):
     """A size never changed."""
@@ -88,11 +97,8 @@ class Requested(ChunkPolicy):
         self.asked = self.rows
 
     def shrink(self) -> bool:
-        if self.rows <= 1:
+        if not self._halve():
             return False
-        self.rows //= 2
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
         warnings.warn(f"batch_size={self.asked} ran out of memory: this call continues with {self.rows} rows per "
                       f"chunk (the same rows and noise; the map agrees to float rounding)", ResourceWarning,
                       stacklevel=2)
@@ -108,14 +114,11 @@ class Automatic(ChunkPolicy):
         self.key = key
 
     def shrink(self) -> bool:
-        if self.rows <= 1:
+        if not self._halve():
             return False
-        self.rows //= 2
         model = self._model() if self._model is not None else None
         if model is not None and self.key is not None:
             store_chunk(model, self.key, self.rows)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
         return True
 
 
