@@ -527,13 +527,21 @@ def worker_held(model):
         model.gate = None
 
 
-def test_second_request_is_queued_not_lost_and_a_full_queue_says_so(server):
-    url, _app, model = server
+@contextlib.contextmanager
+def first_run_holding_the_worker(url, model):
+    """Upload the sample and submit one gradient run, which holds the worker inside the block:
+    yields (the request body, that run's job)."""
     _, r, _ = call(url, "/api/image?sample=stripes", b"", method="POST")
     body = {"image_id": r["image_id"], "methods": [{"name": "gradient"}]}
     with worker_held(model):
         _, a, _ = explain_json(url, body)
         assert model.entered.wait(30)
+        yield body, a
+
+
+def test_second_request_is_queued_not_lost_and_a_full_queue_says_so(server):
+    url, _app, model = server
+    with first_run_holding_the_worker(url, model) as (body, a):
         sa = call(url, f"/api/jobs/{a['job']}")[1]
         assert sa["state"] == "running"
         _, b, _ = explain_json(url, dict(body, target=3))
@@ -697,11 +705,7 @@ def test_a_running_job_is_cancelled_at_its_next_progress_report(server):
 
 def test_a_queued_job_is_cancelled_before_it_runs(server):
     url, _app, model = server
-    _, r, _ = call(url, "/api/image?sample=stripes", b"", method="POST")
-    body = {"image_id": r["image_id"], "methods": [{"name": "gradient"}]}
-    with worker_held(model):
-        _, a, _ = explain_json(url, body)
-        assert model.entered.wait(30)
+    with first_run_holding_the_worker(url, model) as (body, a):
         _, b, _ = explain_json(url, dict(body, target=3))
         _, c, _ = explain_json(url, dict(body, target=4))
         status, sb, _ = call(url, f"/api/jobs/{b['job']}/cancel", b"")
